@@ -1,0 +1,45 @@
+# openrlhf-eva: `make demo` and `make test` install first when needed.
+#   make install   build .venv (CPU path, or the normal dependency path on a CUDA machine)
+#   make test      the test suite (what CI runs)
+#   make demo      the main job on the embedded CPU default
+# Override the detected device with `make install DEVICE=cpu` or `DEVICE=cuda`.
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+DEVICE      ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP       := $(VENV)/.eva-installed-$(DEVICE)
+CONSTRAINTS := requirements/constraints-cpu.txt
+
+# Nothing is ever fetched from a model hub: every model the plugin needs is built or shipped locally.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.txt $(CONSTRAINTS)
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(DEVICE),cuda)
+	$(PIP) install -e ".[gpu,test]"
+else
+	# The CPU build of torch first, so no dependency can pull a CUDA build; then OpenRLHF
+	# without its flash-attn/vllm pins, and its real requirements (requirements/cpu.txt).
+	$(PIP) install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(PIP) install -q -r requirements/cpu.txt -c $(CONSTRAINTS)
+	$(PIP) install -q --no-deps openrlhf==0.11.2
+	$(PIP) install -q -e ".[test]" -c $(CONSTRAINTS)
+endif
+	touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m openrlhf_eva.demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

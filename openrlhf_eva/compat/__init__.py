@@ -1,0 +1,40 @@
+"""Make OpenRLHF 0.11.2 importable and runnable without flash_attn or CUDA.
+
+`install()` runs when `openrlhf_eva` is imported. It never imports openrlhf itself and
+replaces nothing on a machine that has flash_attn and CUDA. `status()` reports what was
+replaced, for logs and bug reports.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import cuda_guards, flash_attn_standin
+
+_STATUS: dict[str, bool] = {}
+
+
+def install() -> dict[str, bool]:
+    """Apply the flash_attn stand-in and the CUDA guards where needed (idempotent)."""
+    if not _STATUS:
+        _STATUS["flash_attn_standin"] = flash_attn_standin.install()
+        _STATUS["cuda_guards"] = cuda_guards.install()
+    return dict(_STATUS)
+
+
+def status() -> dict[str, bool]:
+    return dict(_STATUS)
+
+
+def default_single_process_env() -> None:
+    """Fill in the rendezvous variables `python -m` leaves unset.
+
+    Without RANK/WORLD_SIZE/MASTER_* DeepSpeed's init_distributed falls back to MPI discovery
+    (and mpi4py). The deepspeed launcher and torchrun set them; a plain `python -m` run is one
+    rank on this host. The port is fixed so a retried run does not leak ports.
+    """
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
