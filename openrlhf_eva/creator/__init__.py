@@ -1,0 +1,38 @@
+"""The eva creator core: estimate prompt informativeness, sample, evolve, filter and buffer prompts.
+
+Framework-free (plain Python, torch and numpy); the OpenRLHF integration builds on this package.
+"""
+
+from .registry import (
+    EVOLVERS,
+    FILTERS,
+    METRICS,
+    REWARDS,
+    SAMPLERS,
+    PluginError,
+    Registry,
+    UnknownNameError,
+    load_plugin,
+    register_evolver,
+    register_filter,
+    register_metric,
+    register_reward,
+    register_sampler,
+)
+from .data import PromptFileError, read_prompts, write_jsonl
+from .estimate import informativeness
+from .sample import sample_informative
+from .buffer import BufferEntry, OnlineSchedule, PromptBuffer
+from .filters import apply_filters, normalize_text
+from .evolve import Child, Evolver, Parent, build_evolver
+from .evolve.evol_instruct import METHODS as EVOLVE_METHODS, EvolInstructEvolver, parse_output
+from .evolve.task import TaskEvolveError, TaskEvolver
+
+__all__ = [
+    "EVOLVERS", "FILTERS", "METRICS", "REWARDS", "SAMPLERS", "EVOLVE_METHODS",
+    "BufferEntry", "Child", "EvolInstructEvolver", "Evolver", "OnlineSchedule", "Parent", "PluginError",
+    "PromptBuffer", "PromptFileError", "Registry", "TaskEvolveError", "TaskEvolver", "UnknownNameError",
+    "apply_filters", "build_evolver", "informativeness", "load_plugin", "normalize_text", "parse_output",
+    "read_prompts", "register_evolver", "register_filter", "register_metric", "register_reward",
+    "register_sampler", "sample_informative", "write_jsonl",
+]
