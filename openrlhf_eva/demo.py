@@ -22,7 +22,7 @@ import openrlhf_eva.embedded as embedded
 from openrlhf_eva.creator import METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
 from openrlhf_eva.embedded.data import make_seeds
-from openrlhf_eva.embedded.warm_start import DONE_FILE, warm_start
+from openrlhf_eva.embedded.warm_start import DONE_FILE, WarmStartConfig, warm_start
 from openrlhf_eva.rollout import sample_responses
 
 EMBEDDED_DIR = Path(embedded.__file__).parent
@@ -56,12 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-seeds", type=int, default=64, help="seed prompts to estimate")
     parser.add_argument("--n", type=int, default=6, help="responses sampled per prompt (paper: 6)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sft-samples", type=int, default=WarmStartConfig.sft_samples,
+                        help="SFT examples for the warm start")
+    parser.add_argument("--sft-epochs", type=int, default=WarmStartConfig.epochs, help="SFT epochs for the warm start")
     args = parser.parse_args(argv)
     out = Path(args.out)
     timings: dict[str, float] = {}
 
     started = time.time()
-    model_dir = warm_start(out / "model")
+    model_dir = warm_start(out / "model", WarmStartConfig(seed=args.seed, sft_samples=args.sft_samples,
+                                                          epochs=args.sft_epochs))
     timings["warm_start_s"] = time.time() - started
     greedy = json.loads((out / "model" / DONE_FILE).read_text())["held_out_greedy"]
 
