@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import openrlhf_eva.embedded as embedded
-from openrlhf_eva.creator import METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
+from openrlhf_eva.creator import PAPER_METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.warm_start import DONE_FILE, WarmStartConfig, warm_start
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     flat_prompts = [p for p in rollouts.prompts for _ in range(args.n)]
     flat_labels = [r["label"] for r in seeds for _ in range(args.n)]
     rewards = reward_func(flat_queries, flat_prompts, flat_labels)["rewards"].view(len(seeds), args.n)
-    infos = {name: informativeness(rewards, metric=name) for name in METRICS.names()}
+    infos = {name: informativeness(rewards, metric=name) for name in PAPER_METRICS}
     timings["estimate_s"] = time.time() - t
 
     # sample + evolve + mix

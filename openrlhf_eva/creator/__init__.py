@@ -20,7 +20,7 @@ from .registry import (
     register_sampler,
 )
 from .data import PromptFileError, read_prompts, write_jsonl
-from .estimate import informativeness
+from .estimate import PAPER_METRICS, informativeness
 from .sample import sample_informative
 from .buffer import BufferEntry, OnlineSchedule, PromptBuffer
 from .filters import apply_filters, normalize_text
@@ -29,7 +29,7 @@ from .evolve.evol_instruct import METHODS as EVOLVE_METHODS, EvolInstructEvolver
 from .evolve.task import TaskEvolveError, TaskEvolver
 
 __all__ = [
-    "EVOLVERS", "FILTERS", "METRICS", "REWARDS", "SAMPLERS", "EVOLVE_METHODS",
+    "EVOLVERS", "FILTERS", "METRICS", "PAPER_METRICS", "REWARDS", "SAMPLERS", "EVOLVE_METHODS",
     "BufferEntry", "Child", "EvolInstructEvolver", "Evolver", "OnlineSchedule", "Parent", "PluginError",
     "PromptBuffer", "PromptFileError", "Registry", "TaskEvolveError", "TaskEvolver", "UnknownNameError",
     "apply_filters", "build_evolver", "informativeness", "load_plugin", "normalize_text", "parse_output",

@@ -43,6 +43,8 @@ from .registry import METRICS, register_metric
 
 # Floor for the denominators of inv_avg / inv_A_min: caps their weights at 1 / EPS = 1e6.
 EPS = 1e-6
+# The metrics of the paper's ablation (EVA.md), in its order: defaults first, then baselines.
+PAPER_METRICS = ("A_min", "A_avg", "A_dis", "uniform", "var", "avg", "inv_avg", "inv_A_min")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 

@@ -77,6 +77,7 @@ SAMPLERS = Registry("sampler")
 EVOLVERS = Registry("evolver")
 FILTERS = Registry("filter")
 REWARDS = Registry("reward")
+ALL_REGISTRIES = (METRICS, SAMPLERS, EVOLVERS, FILTERS, REWARDS)
 
 register_metric = METRICS.register
 register_sampler = SAMPLERS.register
