@@ -33,6 +33,11 @@ def apply_chat_template(tokenizer, prompts: Sequence[str]) -> list[str]:
     ]
 
 
+def _through_first_eos(row: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    ends = (row == eos_token_id).nonzero()
+    return row[: int(ends[0]) + 1] if len(ends) else row
+
+
 @torch.no_grad()
 def sample_responses(
     model,
@@ -79,10 +84,12 @@ def sample_responses(
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             for i, prompt_text in enumerate(chunk):
-                rows = new_tokens[i * n : (i + 1) * n]
+                # Cut each sample just after its first eos: generate pads finished rows, and a
+                # reward model must read its score at the eos, not at a trailing pad.
+                rows = [_through_first_eos(row, tokenizer.eos_token_id) for row in new_tokens[i * n : (i + 1) * n]]
                 responses.append(tokenizer.batch_decode(rows, skip_special_tokens=True))
                 queries.append([prompt_text + t for t in tokenizer.batch_decode(rows, skip_special_tokens=False)])
-                truncated.append([bool((r != tokenizer.eos_token_id).all()) for r in rows])
+                truncated.append([bool(len(r) == 0 or r[-1] != tokenizer.eos_token_id) for r in rows])
     finally:
         tokenizer.padding_side = padding_side
         torch.random.set_rng_state(generator_state)

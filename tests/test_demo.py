@@ -52,9 +52,11 @@ def test_rollouts_are_deterministic_per_seed(warm_model):
     b = sample_responses(model, tokenizer, prompts, n=3, max_new_tokens=6, seed=1, progress=False)
     assert a.responses == b.responses and len(a.responses) == 3 and all(len(r) == 3 for r in a.responses)
     assert a.prompts[0] == "<|user|>rev 123<|assistant|>"
-    for prompt, queries, responses in zip(a.prompts, a.queries, a.responses):
-        for q, r in zip(queries, responses):
-            assert q.startswith(prompt)
+    for prompt, queries, truncated in zip(a.prompts, a.queries, a.truncated):
+        for q, cut in zip(queries, truncated):
+            # a query ends where its response ends (an RM reads its score there): no trailing pads
+            assert q.startswith(prompt) and "<pad>" not in q
+            assert q.endswith("</s>") != cut and q.count("</s>") <= 1
     assert tokenizer.padding_side == "right"  # restored
 
 

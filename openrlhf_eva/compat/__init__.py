@@ -8,6 +8,7 @@ replaced, for logs and bug reports.
 from __future__ import annotations
 
 import os
+import socket
 
 from . import cuda_guards, flash_attn_standin
 
@@ -31,10 +32,13 @@ def default_single_process_env() -> None:
 
     Without RANK/WORLD_SIZE/MASTER_* DeepSpeed's init_distributed falls back to MPI discovery
     (and mpi4py). The deepspeed launcher and torchrun set them; a plain `python -m` run is one
-    rank on this host. The port is fixed so a retried run does not leak ports.
+    rank on this host, on a free port so that several such runs can share a machine.
     """
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
