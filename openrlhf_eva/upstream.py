@@ -33,9 +33,15 @@ def run_upstream_cli(
     add_flags: Optional[Callable[[argparse.ArgumentParser], None]] = None,
     prepare: Optional[Callable[[argparse.Namespace], None]] = None,
     prog: Optional[str] = None,
+    single_process_env: bool = True,
 ) -> None:
-    """Execute `module`'s `__main__` block with `argv`, eva flags added and `prepare` applied."""
-    compat.default_single_process_env()
+    """Execute `module`'s `__main__` block with `argv`, eva flags added and `prepare` applied.
+
+    `single_process_env` fills in RANK/WORLD_SIZE/MASTER_* for DeepSpeed CLIs started with plain
+    `python -m`; the Ray entry point turns it off, since Ray places its own workers.
+    """
+    if single_process_env:
+        compat.default_single_process_env()
     original_parse_args = argparse.ArgumentParser.parse_args
 
     def parse_args(parser, args=None, namespace=None):
