@@ -1,12 +1,16 @@
-"""`make demo`: one eva creator step on the embedded CPU default, printed and written as JSONL.
+"""`make demo`: eva on the embedded CPU default: one creator step, then static vs eva DPO rounds.
 
-    python -m openrlhf_eva.demo [--out runs/demo] [--num-seeds 64] [--n 6] [--seed 42]
+    python -m openrlhf_eva.demo [--out runs/demo] [--num-seeds 128] [--n 6] [--seed 42] [--creator-only]
 
 1. build the tiny Llama + char tokenizer and warm-start it by SFT through OpenRLHF (cached);
 2. estimate: sample n responses per seed prompt, score them with the task's reward_func file
    (loaded by path, exactly as OpenRLHF loads one), and compute informativeness under every metric;
 3. sample the most informative 25% (weighted by A_min), evolve 4 children each with the task's
-   programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds).
+   programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds);
+4. solve: one DPO round from theta_0 on fresh seed prompts (static) and one on the evolved set (eva),
+   same prompt count, pairs and gradient steps, through `openrlhf_eva.evolve` + `openrlhf_eva.train_dpo`;
+   the held-out reward per split (in_dist, harder, new_kind) of theta_0 and both rounds.
+Stages are cached under --out: a rerun redoes only what is missing.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import torch
 import openrlhf_eva.embedded as embedded
 from openrlhf_eva.creator import PAPER_METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
-from openrlhf_eva.embedded.data import make_seeds
+from openrlhf_eva.embedded.data import make_seeds, make_test_set
 from openrlhf_eva.embedded.warm_start import DONE_FILE, WarmStartConfig, warm_start
+from openrlhf_eva.evaluate import evaluate
+from openrlhf_eva.iterate import Stage, run_dpo, run_evolve
 from openrlhf_eva.rollout import sample_responses
 
 EMBEDDED_DIR = Path(embedded.__file__).parent
@@ -53,12 +59,17 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="output folder (model cache and JSONL)")
-    parser.add_argument("--num-seeds", type=int, default=64, help="seed prompts to estimate")
+    parser.add_argument("--num-seeds", type=int, default=128, help="seed prompts to estimate")
     parser.add_argument("--n", type=int, default=6, help="responses sampled per prompt (paper: 6)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--sft-samples", type=int, default=WarmStartConfig.sft_samples,
                         help="SFT examples for the warm start")
     parser.add_argument("--sft-epochs", type=int, default=WarmStartConfig.epochs, help="SFT epochs for the warm start")
+    parser.add_argument("--creator-only", action="store_true", help="stop after the creator step (no DPO rounds)")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4, help="learning rate of both DPO rounds")
+    parser.add_argument("--dpo-epochs", type=int, default=2)
+    parser.add_argument("--dpo-nll", type=float, default=1.0,
+                        help="length-normalised NLL on the chosen response (the paper adds it in multi-round runs)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     timings: dict[str, float] = {}
@@ -155,7 +166,54 @@ def main(argv: list[str] | None = None) -> None:
          "info_mean": {name: float(info.mean()) for name, info in infos.items()},
          "held_out_greedy": greedy}, indent=2) + "\n")
     print(f"\nwrote {step_dir}/{{estimates,children,rejects,next_prompts}}.jsonl and summary.json")
+    if not args.creator_only:
+        t = time.time()
+        solver_rounds(args, out, model_dir, seeds, step_dir / "next_prompts.jsonl", greedy)
+        timings["solver_rounds_s"] = time.time() - t
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def solver_rounds(args, out: Path, model_dir: Path, seeds: list[dict], evolved_set: Path, before: dict) -> None:
+    """One DPO round on fresh seed prompts (static) vs one on the creator's evolved set (eva), from theta_0.
+
+    Both arms: the same number of prompts, pairs from theta_0's samples (best vs worst of n), the same
+    number of pairs (so the same gradient steps), the same DPO settings; scored on the held-out set.
+    """
+    taken = {r["prompt"] for r in seeds}
+    fresh = [r for r in make_seeds(n=3 * len(seeds), seed=args.seed + 1) if r["prompt"] not in taken][: len(seeds)]
+    solver_dir = out / "solver"
+    write_jsonl(solver_dir / "static_prompts.jsonl", fresh)
+    evolve_args = ["--reward.remote_url", str(REWARD_FILE), "--data.label_key", "label", "--data.apply_chat_template",
+                   "--rollout.n_samples_per_prompt", str(args.n), "--rollout.max_new_tokens", "24",
+                   "--train.seed", str(args.seed), "--eva.evolver", "none"]
+    arms = {"static": solver_dir / "static_prompts.jsonl", "eva": evolved_set}
+    pairs = {arm: run_evolve(Stage(solver_dir / arm / "pairs"), str(model_dir), prompts, evolve_args, [])
+             for arm, prompts in arms.items()}
+    num_pairs = min(p["counts"]["prompts/pairs"] for p in pairs.values())
+    dpo_args = ["--data.apply_chat_template", "--data.max_samples", str(num_pairs), "--train.micro_batch_size", "8",
+                "--train.batch_size", "8", "--train.max_epochs", str(args.dpo_epochs), "--adam.lr", str(args.dpo_lr),
+                "--model.beta", "0.1", "--eva.nll_coef", str(args.dpo_nll), "--ds.zero_stage", "0", "--train.seed", str(args.seed),
+                "--lr_warmup_ratio", "0.1"]
+    results = {"theta_0 (SFT)": before}
+    for arm in arms:
+        model = solver_dir / arm / "model"
+        run_dpo(Stage(model), str(model_dir), solver_dir / arm / "pairs" / "pairs.jsonl", dpo_args, None)
+        stage = Stage(solver_dir / arm / "eval")
+        if not stage.done:
+            stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
+        results[f"DPO on {arm} prompts"] = stage.record()
+
+    splits = ["in_dist", "harder", "new_kind", "all"]
+    print_table(
+        f"Held-out greedy reward (exact-match share): one DPO round from theta_0 on {len(seeds)} prompts, "
+        f"{num_pairs} pairs each",
+        ["policy", *splits],
+        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
+    )
+    (solver_dir / "results.json").write_text(json.dumps(
+        {"num_prompts": len(seeds), "num_pairs": num_pairs, "held_out": results,
+         "pairs": {arm: p["counts"] for arm, p in pairs.items()}}, indent=2) + "\n")
+    print(f"wrote {solver_dir}/results.json")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.evolutions_per_prompt", type=int, default=4)
     add("--eva.evolved_fraction", type=float, default=0.8, help="share of the next set taken from children")
     add("--eva.next_size", type=int, default=None, help="next set size (default: the estimated prompts)")
-    add("--eva.evolver", default="evol_instruct", help="task | evol_instruct | a registered evolver")
+    add("--eva.evolver", default="evol_instruct",
+        help="task | evol_instruct | a registered evolver | none (estimate and pairs only, no next set)")
     add("--eva.evolver_path", default=None, help="the task evolver's Python file with evolve(prompt, label, rng)")
     add("--eva.evolver_model", default=None, help="the LLM evol_instruct rewrites with (default: the policy)")
     add("--eva.evolve_max_new_tokens", type=int, default=512)
@@ -147,7 +148,8 @@ def check_args(args) -> None:
         load_plugin(path)
     METRICS.get(args.eva.metric)
     SAMPLERS.get(args.eva.sample_mode)
-    EVOLVERS.get(args.eva.evolver)
+    if args.eva.evolver != "none":
+        EVOLVERS.get(args.eva.evolver)
     for name in args.eva.filters:
         FILTERS.get(name)
     if args.rollout.n_samples_per_prompt < 2:
@@ -389,6 +391,8 @@ def info_stats(values: torch.Tensor) -> dict:
 
 
 def build_creator_evolver(args, policy: Policy):
+    if args.eva.evolver == "none":
+        return None
     if args.eva.evolver == "task":
         if not args.eva.evolver_path:
             raise ValueError("--eva.evolver task needs --eva.evolver_path, a file defining evolve(prompt, label, rng)")
@@ -462,7 +466,7 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -
 
     started = time.time()
     next_set = []
-    if estimated:
+    if estimated and evolver is not None:
         creator_rows = [{**r["metadata"], "prompt": r["prompt"], "label": r["label"]} for r, _ in estimated]
         step = creator_step(creator_rows, rewards, evolver, metric=args.eva.metric, sample_mode=args.eva.sample_mode,
                             sample_fraction=args.eva.sample_fraction,

@@ -13,3 +13,15 @@ def restore_registries():
     for reg, objects in saved.items():
         reg._objects.clear()
         reg._objects.update(objects)
+
+
+@pytest.fixture(scope="session")
+def warm_tiny_model(tmp_path_factory):
+    """The embedded tiny Llama after a few SFT steps through OpenRLHF (about 30 s, once per session).
+
+    Good enough to give graded rewards a spread (so pairs exist); not a capable model.
+    """
+    from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
+
+    out = tmp_path_factory.mktemp("warm")
+    return out, warm_start(out, WarmStartConfig(seed=0, sft_samples=256, epochs=1), verbose=False)

@@ -7,13 +7,12 @@ import torch
 
 from openrlhf_eva.embedded.warm_start import DONE_FILE, WarmStartConfig, warm_start
 
-SMALL = WarmStartConfig(seed=0, sft_samples=256, epochs=1)
+SMALL = WarmStartConfig(seed=0, sft_samples=256, epochs=1)  # what the warm_tiny_model fixture builds
 
 
-@pytest.fixture(scope="module")
-def warm_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("warm")
-    return out, warm_start(out, SMALL, verbose=False)
+@pytest.fixture
+def warm_model(warm_tiny_model):
+    return warm_tiny_model
 
 
 @pytest.mark.slow
@@ -68,7 +67,7 @@ def test_demo_runs_one_creator_step(warm_model, tmp_path, capsys):
     # reuse the cached small model: the demo's model folder is <out>/model
     (tmp_path / "model").symlink_to(out, target_is_directory=True)
     demo.main(["--out", str(tmp_path), "--num-seeds", "16", "--n", "4", "--seed", "0",
-               "--sft-samples", "256", "--sft-epochs", "1"])
+               "--sft-samples", "256", "--sft-epochs", "1", "--dpo-epochs", "1"])
     text = capsys.readouterr().out
     assert "Most informative seed prompts" in text and "Evolved children beside their parents" in text
     for metric in ("A_min", "A_avg", "A_dis", "var", "avg", "inv_avg", "inv_A_min", "uniform"):
@@ -83,6 +82,11 @@ def test_demo_runs_one_creator_step(warm_model, tmp_path, capsys):
     assert children and all(c["parent"] and c["method"] for c in children)
     next_set = [json.loads(line) for line in (step_dir / "next_prompts.jsonl").read_text().splitlines()]
     assert len(next_set) == 16
+    # the solver rounds: both arms trained on the same number of pairs and were scored per split
+    results = json.loads((tmp_path / "solver" / "results.json").read_text())
+    assert set(results["held_out"]) == {"theta_0 (SFT)", "DPO on static prompts", "DPO on eva prompts"}
+    assert results["num_pairs"] == min(p["prompts/pairs"] for p in results["pairs"].values()) > 0
+    assert "Held-out greedy reward" in text
     summary = json.loads((step_dir / "summary.json").read_text())
     assert summary["counts"]["children/generated"] == len(children) + summary["counts"].get("filter/duplicate", 0) \
         + summary["counts"].get("filter/empty", 0) + summary["counts"].get("filter/unchanged", 0)

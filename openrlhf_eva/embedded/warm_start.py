@@ -20,7 +20,9 @@ from pathlib import Path
 from openrlhf_eva.creator.data import write_jsonl
 from openrlhf_eva.embedded.data import make_sft_data, make_test_set
 from openrlhf_eva.embedded.model import build_tiny
+from openrlhf_eva.evaluate import evaluate
 
+REWARD_FILE = Path(__file__).with_name("reward_func.py")
 DONE_FILE = "warm_start.json"
 
 
@@ -63,32 +65,6 @@ def _run_with_progress(cmd: list[str], log_path: Path, label: str) -> None:
         raise RuntimeError(f"{label} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
 
 
-def evaluate_greedy(model_dir: str | Path, rows: list[dict], batch_size: int = 128) -> dict:
-    """Greedy exact-match accuracy and mean graded reward, overall and per `split`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from openrlhf_eva.embedded.reward import score
-    from openrlhf_eva.rollout import sample_responses
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    out = sample_responses(
-        model, tokenizer, [r["prompt"] for r in rows], n=1, temperature=0.0, max_new_tokens=24,
-        batch_size=batch_size, progress=False,
-    )
-    by_split: dict[str, list[float]] = {}
-    exact: dict[str, list[float]] = {}
-    for row, (response,) in zip(rows, out.responses):
-        s = score(response, row["label"])
-        for split in (row.get("split", "all"), "all") if row.get("split") != "all" else ("all",):
-            by_split.setdefault(split, []).append(s)
-            exact.setdefault(split, []).append(float(s == 1.0))
-    return {
-        split: {"reward": sum(v) / len(v), "exact": sum(exact[split]) / len(exact[split]), "n": len(v)}
-        for split, v in by_split.items()
-    }
-
-
 def warm_start(out_dir: str | Path, config: WarmStartConfig = WarmStartConfig(), verbose: bool = True) -> Path:
     """Return the directory of the warm-started model, training it first unless cached."""
     out_dir = Path(out_dir)
@@ -119,7 +95,7 @@ def warm_start(out_dir: str | Path, config: WarmStartConfig = WarmStartConfig(),
     if verbose:
         print(f"SFT warm start of the embedded tiny Llama -> {final}")
     _run_with_progress(cmd, out_dir / "sft.log", "OpenRLHF train_sft")
-    metrics = evaluate_greedy(final, make_test_set())
+    metrics = evaluate(final, make_test_set(), REWARD_FILE)
     record = {"fingerprint": fingerprint, "config": asdict(config), "seconds": time.time() - started,
               "held_out_greedy": metrics}
     done.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,189 @@
+"""T offline eva iterations in one command: theta_{t-1} -> creator step -> pairs -> solver -> theta_t.
+
+    python -m openrlhf_eva.iterate --pretrain SFT_CKPT --prompt_data seeds.jsonl --output_dir runs/eva \\
+        --iterations 3 [--static] [--eval_data heldout.jsonl --eval_reward reward_func.py] \\
+        [--launcher "deepspeed --num_gpus 8"] \\
+        --evolve-args <flags for openrlhf_eva.evolve ...> --dpo-args <flags for openrlhf_eva.train_dpo ...>
+
+Iteration t lives in `<output_dir>/iter_<t>/` and runs, each stage by hand-reproducible command:
+  creator/  `openrlhf_eva.evolve` on X_t with theta_{t-1}: estimate, sample, evolve -> X̄_t
+            (next_prompts.jsonl); skipped with --static, where X̄_t = X_t (the baseline arm);
+  pairs/    `openrlhf_eva.evolve --eva.evolver none` on X̄_t with theta_{t-1}: best/worst pairs;
+  model/    `openrlhf_eva.train_dpo` from theta_{t-1} (also the reference) on those pairs -> theta_t;
+  eval.json greedy held-out reward of theta_t per split, when --eval_data is given.
+Incremental: X_{t+1} = X̄_t's evolved set from the next creator step, the policy carries over.
+
+Resumable: every stage ends by writing `<stage>/DONE.json`; a rerun skips finished stages. A stage
+killed half-way restarts (evolve also keeps its finished shards; train_dpo resumes from its
+DeepSpeed checkpoints under `model/ckpt` when --dpo-args set --ckpt.save_steps). Every stage is
+seeded, so a crashed-and-resumed run writes the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from openrlhf_eva import evolve
+from openrlhf_eva.creator import read_prompts
+
+DONE = "DONE.json"
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Cut argv into (iterate's own, --evolve-args ..., --dpo-args ...) sections."""
+    sections: dict[str, list[str]] = {"own": [], "--evolve-args": [], "--dpo-args": []}
+    current = "own"
+    for token in argv:
+        if token in ("--evolve-args", "--dpo-args"):
+            current = token
+        else:
+            sections[current].append(token)
+    return sections["own"], sections["--evolve-args"], sections["--dpo-args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m openrlhf_eva.iterate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrain", required=True, help="theta_0, the policy to start from (usually SFT)")
+    parser.add_argument("--prompt_data", required=True, help="X_1, the seed prompts (JSONL)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--iterations", type=int, default=1, help="T")
+    parser.add_argument("--static", action="store_true",
+                        help="baseline arm: train on the prompt set itself every iteration, no creator")
+    parser.add_argument("--eval_data", default=None, help="held-out prompts (prompt, label, optional split)")
+    parser.add_argument("--eval_reward", default=None, help="reward_func .py scoring the held-out answers")
+    parser.add_argument("--eval_max_new_tokens", type=int, default=64)
+    parser.add_argument("--launcher", default=None,
+                        help='command that launches train_dpo, e.g. "deepspeed --num_gpus 8" (default: one process)')
+    return parser
+
+
+class Stage:
+    """A folder whose DONE.json marks the work finished; reruns read the record instead of redoing it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def done(self) -> bool:
+        return (self.path / DONE).exists()
+
+    def record(self) -> dict:
+        return json.loads((self.path / DONE).read_text())
+
+    def finish(self, record: dict) -> dict:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{DONE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path / DONE)
+        return record
+
+
+def run_evolve(stage: Stage, policy: str, prompts: Path, evolve_args: list[str], extra: list[str]) -> dict:
+    if stage.done:
+        return stage.record()
+    started = time.time()
+    summary = evolve.main(["--pretrain", policy, "--prompt_data", str(prompts), "--output_dir", str(stage.path),
+                           *evolve_args, *extra])
+    return stage.finish({"counts": summary["counts"], "info": summary["info"], "seconds": time.time() - started})
+
+
+def run_dpo(stage: Stage, policy: str, pairs: Path, dpo_args: list[str], launcher: str | None) -> dict:
+    if stage.done:
+        return stage.record()
+    started = time.time()
+    module = ["--module", "openrlhf_eva.train_dpo"] if launcher else ["-m", "openrlhf_eva.train_dpo"]
+    cmd = shlex.split(launcher) if launcher else [sys.executable]
+    cmd += [*module, "--model.model_name_or_path", policy, "--ref.model_name_or_path", policy,
+            "--data.dataset", str(pairs), "--data.prompt_key", "prompt", "--data.chosen_key", "chosen",
+            "--data.rejected_key", "rejected", "--ckpt.output_dir", str(stage.path),
+            "--ckpt.path", str(stage.path / "ckpt"), "--ckpt.load_enable", *dpo_args]
+    log_path = stage.path.parent / "dpo.log"
+    stage.path.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        print(f"[eva] {' '.join(shlex.quote(c) for c in cmd)}\n      (log: {log_path})", flush=True)
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"train_dpo failed with exit code {code}; last lines of {log_path}:\n{tail}")
+    return stage.finish({"seconds": time.time() - started, "command": cmd})
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    own, evolve_args, dpo_args = split_argv(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(own)
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if bool(args.eval_data) != bool(args.eval_reward):
+        raise ValueError("--eval_data and --eval_reward go together")
+    for flag in ("--pretrain", "--prompt_data", "--output_dir"):
+        if flag in evolve_args:
+            raise ValueError(f"{flag} is set by iterate; remove it from --evolve-args")
+    if "--data.apply_chat_template" in evolve_args and "--data.apply_chat_template" not in dpo_args:
+        # evolve then writes chat messages, which train_dpo templates only with the same flag
+        dpo_args = [*dpo_args, "--data.apply_chat_template"]
+    read_prompts(args.prompt_data)  # bad prompt files fail now, with file and row, not after a stage
+    out = Path(args.output_dir)
+    eval_rows = None
+    if args.eval_data:  # split/kind/... sit in "metadata"; evaluate() reads `split` off the row itself
+        eval_rows = [{**r["metadata"], "prompt": r["prompt"], "label": r["label"]}
+                     for r in read_prompts(args.eval_data, label_key="label")]
+
+    policy, prompts = args.pretrain, Path(args.prompt_data)
+    table = []
+    for t in range(1, args.iterations + 1):
+        folder = out / f"iter_{t}"
+        row: dict = {"iteration": t, "policy_in": policy, "prompts_in": str(prompts)}
+        if args.static:
+            train_prompts = prompts
+        else:
+            creator = run_evolve(Stage(folder / "creator"), policy, prompts, evolve_args, [])
+            row["creator"] = creator["counts"]
+            row["info_A_min_mean"] = creator["info"].get("A_min", {}).get("mean")
+            train_prompts = folder / "creator" / "next_prompts.jsonl"
+        # Pairs on the set the solver trains on, sampled from the same theta_{t-1}.
+        pairs = run_evolve(Stage(folder / "pairs"), policy, train_prompts, evolve_args, ["--eva.evolver", "none"])
+        row["pairs"] = pairs["counts"]["prompts/pairs"]
+        row["ties"] = pairs["counts"]["prompts/ties"]
+        run_dpo(Stage(folder / "model"), policy, folder / "pairs" / "pairs.jsonl", dpo_args, args.launcher)
+        policy = str(folder / "model")
+        if eval_rows is not None:
+            stage = Stage(folder / "eval")
+            if not stage.done:
+                from openrlhf_eva.evaluate import evaluate
+
+                stage.finish(evaluate(policy, eval_rows, args.eval_reward, max_new_tokens=args.eval_max_new_tokens))
+            row["eval"] = stage.record()
+        table.append(row)
+        if not args.static:
+            prompts = train_prompts  # incremental: the next creator step starts from X̄_t
+
+    (out / "iterations.json").write_text(json.dumps(table, indent=2) + "\n")
+    print_table(table)
+    return table
+
+
+def print_table(table: list[dict]) -> None:
+    splits = sorted({s for row in table for s in row.get("eval", {})}, key=lambda s: (s != "all", s))
+    header = ["iter", "pairs", "ties", "A_min mean"] + [f"{s} reward" for s in splits]
+    print("\n" + "  ".join(f"{h:>14}" for h in header))
+    for row in table:
+        info = row.get("info_A_min_mean")
+        cells = [row["iteration"], row["pairs"], row["ties"], "-" if info is None else f"{info:.3f}"]
+        cells += [f"{row['eval'][s]['reward']:.3f}" for s in splits]
+        print("  ".join(f"{c:>14}" for c in cells))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as error:
+        sys.exit(f"openrlhf_eva.iterate: error: {error}")

@@ -1,0 +1,100 @@
+"""openrlhf_eva.iterate: T offline iterations, and a SIGKILL between stages resumed to the same outputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from openrlhf_eva.creator import write_jsonl
+from openrlhf_eva.embedded.data import make_seeds, make_test_set
+from openrlhf_eva.iterate import main, split_argv
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "openrlhf_eva" / "embedded"
+
+
+def argv(model_dir, data_dir, out):
+    return [
+        "--pretrain", str(model_dir), "--prompt_data", str(data_dir / "seeds.jsonl"), "--output_dir", str(out),
+        "--iterations", "1", "--eval_data", str(data_dir / "test.jsonl"),
+        "--eval_reward", str(EMBEDDED / "reward_func.py"), "--eval_max_new_tokens", "8",
+        "--evolve-args", "--reward.remote_url", str(EMBEDDED / "reward_func.py"), "--data.label_key", "label",
+        "--data.apply_chat_template", "--eva.evolver", "task", "--eva.evolver_path", str(EMBEDDED / "evolve_func.py"),
+        "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "8", "--train.seed", "0",
+        "--dpo-args", "--train.micro_batch_size", "4", "--train.batch_size", "4", "--train.max_epochs", "1",
+        "--adam.lr", "1e-4", "--ds.zero_stage", "0", "--train.seed", "0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("iterate_data")
+    write_jsonl(d / "seeds.jsonl", make_seeds(n=24, seed=3))
+    write_jsonl(d / "test.jsonl", [r for r in make_test_set() if r["difficulty"] == 1][:24])
+    return d
+
+
+def test_split_argv_sections():
+    own, evolve_args, dpo_args = split_argv(["--a", "1", "--evolve-args", "--x", "--dpo-args", "--y", "2"])
+    assert own == ["--a", "1"] and evolve_args == ["--x"] and dpo_args == ["--y", "2"]
+
+
+def outputs(out: Path) -> dict:
+    it = out / "iter_1"
+    files = {name: (it / name).read_bytes() for name in (
+        "creator/next_prompts.jsonl", "creator/pairs.jsonl", "pairs/pairs.jsonl", "eval/DONE.json")}
+    from safetensors.torch import load_file
+
+    files["weights"] = load_file(it / "model" / "model.safetensors")
+    return files
+
+
+@pytest.mark.slow
+def test_killed_between_stages_then_rerun_equals_uninterrupted(warm_tiny_model, data_dir, tmp_path):
+    _, model_dir = warm_tiny_model
+    clean = tmp_path / "clean"
+    table = main(argv(model_dir, data_dir, clean))
+    assert table[0]["pairs"] > 0 and set(table[0]["eval"]) >= {"all"}
+    assert json.loads((clean / "iterations.json").read_text())[0]["iteration"] == 1
+    # the solver trained on the creator's set: every pair prompt comes from next_prompts
+    next_prompts = {json.loads(line)["prompt"] for line in (clean / "iter_1/creator/next_prompts.jsonl").open()}
+    pair_prompts = [json.loads(line)["prompt"][0]["content"] for line in (clean / "iter_1/pairs/pairs.jsonl").open()]
+    assert pair_prompts and set(pair_prompts) <= next_prompts
+
+    # Same run in a subprocess, SIGKILLed as soon as the pairs stage is done (before the solver).
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen([sys.executable, "-m", "openrlhf_eva.iterate", *argv(model_dir, data_dir, crashed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = crashed / "iter_1" / "pairs" / "DONE.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (crashed / "iter_1" / "model" / "DONE.json").exists()
+
+    main(argv(model_dir, data_dir, crashed))  # resume: skips creator and pairs, runs the solver and eval
+    a, b = outputs(clean), outputs(crashed)
+    for name in ("creator/next_prompts.jsonl", "creator/pairs.jsonl", "pairs/pairs.jsonl", "eval/DONE.json"):
+        assert a[name] == b[name], name
+    assert a["weights"].keys() == b["weights"].keys()
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key
+
+
+def test_bad_input_is_reported_with_the_flag(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="--eval_data and --eval_reward go together"):
+        main(["--pretrain", "x", "--prompt_data", str(data_dir / "seeds.jsonl"), "--output_dir", str(tmp_path),
+              "--eval_data", "x.jsonl"])
+    with pytest.raises(ValueError, match="--pretrain is set by iterate"):
+        main(["--pretrain", "x", "--prompt_data", str(data_dir / "seeds.jsonl"), "--output_dir", str(tmp_path),
+              "--evolve-args", "--pretrain", "y"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "rev 12"}\n{"text": "no prompt key"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl.*row 2"):
+        main(["--pretrain", "x", "--prompt_data", str(bad), "--output_dir", str(tmp_path)])
