@@ -98,3 +98,36 @@ def test_bad_input_is_reported_with_the_flag(tmp_path, data_dir):
     bad.write_text('{"prompt": "rev 12"}\n{"text": "no prompt key"}\n')
     with pytest.raises(ValueError, match="bad.jsonl.*row 2"):
         main(["--pretrain", "x", "--prompt_data", str(bad), "--output_dir", str(tmp_path)])
+
+
+class StopAfterParse(Exception):
+    pass
+
+
+def test_gpu_offline_recipe_passes_every_parser(monkeypatch):
+    """Every flag of examples/gpu/offline_eva.sh exists: iterate's, evolve's, and upstream train_dpo's + eva's."""
+    import openrlhf.utils
+
+    from openrlhf_eva import evolve, iterate, train_dpo
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "gpu" / "offline_eva.sh"
+    for loss in ("dpo", "orpo", "simpo", "sppo"):
+        env = {**os.environ, "DRY_RUN": "1", "LOSS": loss, "PAIRWISE_MODEL": "pm"}
+        printed = subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True,
+                                 text=True).stdout.splitlines()
+        own, evolve_args, dpo_args = split_argv(printed)
+        iterate.build_parser().parse_args(own)
+        evolve_ns = evolve.build_parser().parse_args(["--pretrain", "p", "--prompt_data", "d", "--output_dir", "o",
+                                                      *evolve_args])
+        assert getattr(evolve_ns, "rollout.n_samples_per_prompt") == 6 and getattr(evolve_ns, "eva.metric") == "A_min"
+
+        seen = {}
+
+        def stop(args):
+            seen["args"] = args
+            raise StopAfterParse
+
+        monkeypatch.setattr(openrlhf.utils, "get_strategy", stop)
+        with pytest.raises(StopAfterParse):
+            train_dpo.main(["--model.model_name_or_path", "p", "--data.dataset", "d", *dpo_args])
+        assert seen["args"].eva.loss == loss
