@@ -35,6 +35,10 @@ Flags (an upstream flag counts as set when it differs from its upstream default)
     --train.batch_size, --data.max_len when they are at their upstream defaults. The paper's
     prompt length limit and SPPO's RMSprop have no OpenRLHF flag and are reported, not applied.
 
+--eva.fused_logprobs
+    Response log-probs through openrlhf_eva.ops.fused_linear_logprobs inside Actor.forward (policy
+    and reference): the [B, T, V] logits and their fp32 copy are never built.
+
 Reference-free losses (simpo, orpo) never load, wrap or run a reference model: upstream `train()`
 builds the policy Actor first and the reference second, and the second gets a `SkippedReference`.
 """
@@ -42,6 +46,7 @@ builds the policy Actor first and the reference second, and the second gets a `S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from typing import Optional, Sequence
 from unittest import mock
@@ -110,6 +115,13 @@ def add_eva_flags(parser: argparse.ArgumentParser) -> None:
         metavar=("CHOSEN_KEY", "REJECTED_KEY"),
         help="sppo: dataset columns with the chosen/rejected win probabilities "
         "(default chosen_win_prob rejected_win_prob)",
+    )
+    group.add_argument(
+        "--eva.fused_logprobs",
+        action="store_true",
+        default=False,
+        help="compute response log-probs with lm_head fused into the gather (openrlhf_eva.ops): no [B, T, V] "
+        "logits in forward or backward; same losses and gradients",
     )
     group.add_argument(
         "--eva.paper_defaults",
@@ -199,6 +211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     def prepare(args: argparse.Namespace) -> None:
         parsed["loss"] = resolve_eva_flags(vars(args), parsed["parser"])
+        if getattr(args, "eva.fused_logprobs"):
+            from openrlhf_eva.solve.fused_actor import fused_forward
+
+            # Policy and reference are both Actors: patching the class covers the two forwards.
+            patches.enter_context(mock.patch.object(upstream_actor, "forward", fused_forward))
 
     def policy_actor_or_skipped_reference(*args, **kwargs):
         # Upstream train() builds exactly two Actors, the policy first and the reference second.
@@ -210,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     # Swapped on the modules upstream imports them from: runpy re-executes train_dpo's imports.
     with (
+        contextlib.ExitStack() as patches,
         mock.patch.object(openrlhf.trainer.dpo_trainer, "DPOTrainer", EvaDPOTrainer),
         mock.patch.object(openrlhf.datasets, "RewardDataset", PreferenceDataset),
         mock.patch.object(openrlhf.models, "Actor", policy_actor_or_skipped_reference),

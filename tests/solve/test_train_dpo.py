@@ -48,6 +48,7 @@ EVA_FLAGS = {
     "--eva.nll_coef",
     "--eva.win_prob_key",
     "--eva.paper_defaults",
+    "--eva.fused_logprobs",
 }
 
 
@@ -393,6 +394,40 @@ def test_default_loss_reproduces_upstream_dpo(tiny, tmp_path, trainer_logs):
         assert set(eva_step) - set(upstream_step) == {"eva_preference_loss"}
     upstream_model, eva_model = load_saved(tmp_path / "upstream" / "model"), load_saved(tmp_path / "eva" / "model")
     assert all(torch.equal(upstream_model[key], eva_model[key]) for key in upstream_model)
+
+
+def test_fused_actor_forward_matches_upstream_values_and_gradients(tiny):
+    from openrlhf_eva.solve.fused_actor import fused_forward
+
+    actor = Actor(tiny["policy"], attn_implementation="sdpa", param_dtype="bf16")
+    actor.model.float()  # fp32 weights: the two paths then differ only by summation order
+    ids = torch.randint(9, 45, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding, as the trainers batch prompts
+    action_mask = torch.ones(3, 5)
+    grads = []
+    for forward in (Actor.forward, fused_forward):
+        actor.model.zero_grad()
+        logps, _ = forward(actor, ids, action_mask=action_mask, attention_mask=mask, return_output=True)
+        weights = torch.linspace(0.5, 2.0, logps.numel()).view_as(logps)  # a per-token upstream gradient
+        (logps * weights).sum().backward()
+        grads.append((logps.detach(), {n: p.grad.clone() for n, p in actor.model.named_parameters()}))
+    (up, up_grads), (fused, fused_grads) = grads
+    torch.testing.assert_close(fused, up, rtol=1e-5, atol=1e-5)
+    for name in up_grads:
+        torch.testing.assert_close(fused_grads[name], up_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_logprobs_flag_gives_the_same_training_step(tiny, tmp_path, trainer_logs):
+    extra = ["--ref.model_name_or_path", tiny["reference"]]
+    train_dpo.main(train_argv(tiny, tiny["pairs"], tmp_path / "unfused", *extra))
+    unfused = dict(trainer_logs[0])
+    trainer_logs.clear()
+    train_dpo.main(train_argv(tiny, tiny["pairs"], tmp_path / "fused", *extra, "--eva.fused_logprobs"))
+    fused = trainer_logs[0]
+    for key in ("loss", "grad_norm", "chosen_reward", "reject_reward"):
+        assert fused[key] == pytest.approx(unfused[key], rel=2e-2, abs=1e-4), key
+    assert Actor.forward.__name__ == "forward"  # the patch was undone after the run
 
 
 def test_sppo_without_win_prob_columns_names_the_missing_key(tiny, tmp_path):
