@@ -1,0 +1,213 @@
+"""openrlhf_eva.creator.online.OnlinePromptSource: phases, budget, bad input, state, ranks sharing the evolving."""
+
+import math
+import random
+import threading
+
+import pytest
+import torch
+
+from openrlhf_eva.creator import Child, Evolver, TaskEvolver
+from openrlhf_eva.creator.online import MAX_EVOLVE_FAILURES, EvolveFailure, OnlinePromptSource
+from openrlhf_eva.embedded import data as embedded_data
+from openrlhf_eva.embedded.reward import score
+from pathlib import Path
+
+EVOLVE_FILE = Path(embedded_data.__file__).parent / "evolve_func.py"
+
+
+class VersionEvolver(Evolver):
+    """Child k of "p" is "p/k": always n distinct, new children; the rng is not used, so the result
+    does not depend on how the parents are split between ranks."""
+
+    def evolve(self, parents, n, rng):
+        return [Child(prompt=f"{p.prompt}/{k}", parent_index=i, parent_id=p.id, depth=p.depth + 1, method="version",
+                      label=p.label) for i, p in enumerate(parents) for k in range(n)]
+
+
+class SilentEvolver(Evolver):
+    def evolve(self, parents, n, rng):
+        return []
+
+
+class BrokenEvolver(Evolver):
+    def evolve(self, parents, n, rng):
+        raise RuntimeError("creator model is out of memory")
+
+
+def seeds(count=64):
+    return [{"prompt": f"seed {i}", "label": str(i)} for i in range(count)]
+
+
+def rewards_for(batch, n=4, seed=0):
+    """Rewards with a spread that depends on the prompt, so infos differ between prompts."""
+    rng = random.Random(seed)
+    return torch.tensor([[rng.random() * (1 + len(p.prompt) % 3) for _ in range(n)] for p in batch])
+
+
+def run(source, steps, n=4):
+    """Drive the source like a trainer; returns per-step (phase, batch prompts, metrics)."""
+    history = []
+    for step in range(1, steps + 1):
+        batch = source.next_batch()
+        if not batch:
+            break
+        metrics = source.observe(rewards_for(batch, n, seed=step), step)
+        history.append((metrics["eva/phase"], [p.prompt for p in batch], metrics))
+    return history
+
+
+def test_phases_change_at_the_steps_the_schedule_implies():
+    # 64 seeds, batches of 8: top half (4 parents) x n_new 4 = 16 children a step.
+    source = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=40, total_prompts=3 * 64, seed=1)
+    assert source.num_batches == 24
+    history = run(source, 100)
+    phases = [phase for phase, _, _ in history]
+    # warm-up until the buffer is full once: 16, 32, 40 (48 capped) -> 3 steps, 24 seeds used;
+    # mix-up: 4 seeds + 4 buffer prompts a step -> 40 seeds last 10 steps; then bootstrap.
+    assert phases == ["warmup"] * 3 + ["mixup"] * 10 + ["bootstrap"] * 11
+    for phase, prompts, metrics in history:
+        from_buffer = metrics["eva/batch_from_buffer"]
+        assert from_buffer == {"warmup": 0, "mixup": 4, "bootstrap": 8}[phase]
+        per_parent = 2 if phase == "bootstrap" else 4  # n_new_bootstrap 2, n_new 4
+        assert metrics["eva/children_generated"] == 4 * per_parent
+        if phase != "warmup":
+            assert metrics["eva/buffer_size"] == 40  # pops of trained prompts and evictions keep |B| fixed
+            assert metrics["eva/popped_trained"] == from_buffer
+    assert [m["eva/buffer_size"] for _, _, m in history[:3]] == [16, 32, 40]
+    # the budget is exact: 24 batches, then nothing
+    assert len(history) == 24 and source.prompts_served == 3 * 64
+    assert source.next_batch() == [] and "budget" in source.exhausted
+    # lineage grows: bootstrap children of buffer prompts are deeper than depth 1
+    assert history[-1][2]["eva/buffer_depth_mean"] > 1.5
+
+
+def test_top_half_of_each_batch_is_evolved_and_children_inherit_its_info():
+    source = OnlinePromptSource(seeds(16), 8, VersionEvolver(), capacity=100, seed=0)
+    batch = source.next_batch()
+    rewards = torch.zeros(8, 4)
+    rewards[[1, 3, 5, 6], 0] = torch.tensor([0.4, 0.8, 0.2, 0.6])  # A_avg = max - mean = 3/4 of the max
+    source.observe(rewards, step=1)
+    parents = {entry.text.rsplit("/", 1)[0]: entry.info for entry in source.buffer}
+    assert parents == pytest.approx({batch[i].prompt: 0.75 * r for i, r in zip([1, 3, 5, 6], [0.4, 0.8, 0.2, 0.6])})
+    assert {entry.depth for entry in source.buffer} == {1}
+
+
+def test_plain_source_without_evolver_is_shuffled_seeds_for_each_episode():
+    source = OnlinePromptSource(seeds(20), 8, None, num_episodes=2, seed=3)
+    assert source.num_batches == 4  # 2 full batches per episode (drop_last), 2 episodes
+    history = run(source, 10)
+    assert len(history) == 4 and all(phase == "off" for phase, _, _ in history)
+    first, second = history[0][1] + history[1][1], history[2][1] + history[3][1]
+    assert len(set(first)) == 16 and len(set(second)) == 16 and first != second
+    assert len(source.buffer) == 0
+
+
+def test_bad_rewards_are_counted_and_info_comes_from_the_finite_ones():
+    source = OnlinePromptSource(seeds(16), 4, VersionEvolver(), capacity=100, seed=0)
+    source.next_batch()
+    rewards = torch.tensor([[float("nan"), 1.0, 0.0, 0.0],  # non-finite, info from the rest: 1 - 1/3
+                            [float("inf"), float("nan"), float("-inf"), float("nan")],  # nothing valid: info 0
+                            [0.5, 0.5, 0.5, 0.5],  # all tied: info 0
+                            [0.0, 0.0, 0.0, 1.0]])
+    metrics = source.observe(rewards, step=1)
+    assert metrics["eva/groups_nonfinite"] == 2 and metrics["eva/groups_all_tied"] == 1
+    infos = sorted({entry.info for entry in source.buffer})
+    assert infos == pytest.approx([2 / 3, 0.75])  # the top half: rows 0 and 3
+
+
+def test_an_evolver_that_returns_nothing_is_counted_and_the_source_ends_with_a_reason():
+    source = OnlinePromptSource(seeds(16), 8, SilentEvolver(), total_prompts=64, seed=0)
+    history = run(source, 10)
+    assert len(history) == 2  # the seeds, then an empty buffer cannot fill a bootstrap batch
+    assert all(m["eva/evolve_empty"] == 1 and m["eva/children_generated"] == 0 for _, _, m in history)
+    assert "only 0 prompts left" in source.exhausted
+
+
+def test_an_evolver_that_raises_is_skipped_until_it_has_failed_several_steps_in_a_row():
+    source = OnlinePromptSource(seeds(64), 8, BrokenEvolver(), seed=0)
+    for step in range(1, MAX_EVOLVE_FAILURES):
+        batch = source.next_batch()
+        metrics = source.observe(rewards_for(batch), step)
+        assert metrics["eva/evolve_errors"] == 1 and "out of memory" in metrics["eva/evolve_error"]
+    batch = source.next_batch()
+    with pytest.raises(EvolveFailure, match="out of memory"):
+        source.observe(rewards_for(batch), MAX_EVOLVE_FAILURES)
+
+
+def test_state_round_trip_continues_exactly_and_refuses_other_versions_and_data():
+    def make():
+        return OnlinePromptSource(seeds(32), 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5)
+
+    # the embedded task family: real prompts, labels recomputed by the task evolver
+    task_seeds = embedded_data.make_seeds(32, seed=0)
+
+    def make_task():
+        return OnlinePromptSource(task_seeds, 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5)
+
+    def task_rewards(batch, step):
+        rng = random.Random(step)
+        return torch.tensor([[score(rng.choice([p.label, p.label[:-1], "0"]), p.label) for _ in range(4)]
+                             for p in batch])
+
+    def drive(source, first, last):
+        out = []
+        for step in range(first, last + 1):
+            batch = source.next_batch()
+            source.observe(task_rewards(batch, step), step)
+            out.append(([p.prompt for p in batch], source.fingerprint()))
+        return out
+
+    uninterrupted = make_task()
+    full = drive(uninterrupted, 1, 12)
+    resumed = make_task()
+    drive(resumed, 1, 5)
+    state = resumed.state_dict()
+    fresh = make_task()
+    fresh.load_state_dict(state)
+    assert drive(fresh, 6, 12) == full[5:]
+    assert fresh.buffer.state_dict() == uninterrupted.buffer.state_dict()
+    assert any(entry.metadata.get("kind") for entry in fresh.buffer)  # task children keep their metadata
+
+    with pytest.raises(ValueError, match="version 0"):
+        make_task().load_state_dict({**state, "version": 0})
+    with pytest.raises(ValueError, match="prompt buffer state has version"):
+        make_task().load_state_dict({**state, "buffer": {**state["buffer"], "version": 99}})
+    with pytest.raises(ValueError, match="other prompts or settings.*seeds_fingerprint"):
+        make().load_state_dict(state)
+
+
+def test_two_ranks_share_the_evolving_and_end_with_the_buffer_of_one_rank():
+    """Two sources in threads exchange children through a barrier, as all_gather_object does."""
+    steps = 8
+    single = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=24, seed=2)
+    single_history = run(single, steps)
+
+    slots, barrier = [None, None], threading.Barrier(2)
+
+    def gather_for(rank):
+        def all_gather_object(obj):
+            slots[rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+        return all_gather_object
+
+    sources = [OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=24, seed=2, rank=r, world_size=2,
+                                  all_gather_object=gather_for(r)) for r in range(2)]
+    histories = [None, None]
+
+    def worker(rank):
+        histories[rank] = run(sources[rank], steps)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sources[0].fingerprint() == sources[1].fingerprint() == single.fingerprint()
+    for (_, _, m0), (_, _, m1), (_, _, m) in zip(histories[0], histories[1], single_history):
+        assert m0["eva/parents_per_rank"] == [2, 2]  # 4 parents, split, not repeated
+        assert m0["eva/children_accepted"] == m1["eva/children_accepted"] == m["eva/children_accepted"]
+    assert math.isclose(sources[0].buffer.total_info, single.buffer.total_info)
