@@ -3,6 +3,7 @@
 import math
 import random
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ from openrlhf_eva.creator import Child, Evolver, TaskEvolver
 from openrlhf_eva.creator.online import MAX_EVOLVE_FAILURES, EvolveFailure, OnlinePromptSource
 from openrlhf_eva.embedded import data as embedded_data
 from openrlhf_eva.embedded.reward import score
-from pathlib import Path
 
 EVOLVE_FILE = Path(embedded_data.__file__).parent / "evolve_func.py"
 

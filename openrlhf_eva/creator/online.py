@@ -224,7 +224,7 @@ class OnlinePromptSource:
             "eva/seeds_left": self.seeds_left,
             "eva/buffer_size": len(self.buffer),
             "eva/buffer_info_mean": self.buffer.total_info / max(1, len(self.buffer)),
-            "eva/buffer_depth_mean": (sum(e.depth for e in self.buffer) / len(self.buffer)) if len(self.buffer) else 0.0,
+            "eva/buffer_depth_mean": sum(e.depth for e in self.buffer) / max(1, len(self.buffer)),
             "eva/buffer_evicted": self.buffer.num_evicted,
             "eva/prompts_served": self.prompts_served,
         })

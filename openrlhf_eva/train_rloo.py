@@ -1,0 +1,557 @@
+"""`deepspeed --module openrlhf_eva.train_rloo`: online RLOO (and online DPO) with eva's evolving prompt buffer.
+
+One process per rank, each its own controller (no Ray): every rank rolls out its shard of the batch
+with HF `generate`, scores it, trains OpenRLHF's `Actor` through the DeepSpeed strategy, and keeps
+an identical copy of the prompt source. One rank: `python -m openrlhf_eva.train_rloo ...`; several:
+`deepspeed --num_gpus 8 --module openrlhf_eva.train_rloo ...` (`--hostfile` for several nodes) or
+`torchrun --nproc_per_node N -m openrlhf_eva.train_rloo ...`.
+
+    deepspeed --module openrlhf_eva.train_rloo \\
+        --actor.model_name_or_path MODEL --data.prompt_dataset prompts.jsonl --data.input_key prompt \\
+        --data.label_key label --data.apply_chat_template --reward.remote_url reward_func.py \\
+        --rollout.batch_size 8 --rollout.n_samples_per_prompt 4 --train.batch_size 32 \\
+        --eva.evolver task --eva.evolver_path evolve_func.py --eva.total_prompts 2x
+
+Flags. OpenRLHF's `cli/train_ppo_ray.py` builds its parser inside `__main__` and imports Ray and
+vLLM at the top, so it can be neither imported nor run here. This parser therefore declares the
+subset of its flags this trainer implements, with upstream's names, meanings and defaults (see
+`build_parser`), with one deliberate exception: `--algo.advantage.estimator` defaults to `rloo`
+(upstream: `gae`, which needs a critic this trainer does not have). An upstream flag that is not
+listed is rejected by argparse rather than silently ignored. eva's own flags are `--eva.*`:
+
+    --eva.solver {pg,online_dpo}  pg: the policy-gradient loss with --algo.advantage.estimator;
+                                  online_dpo: best vs worst of the n samples, DPO vs the reference
+    --eva.beta                    online DPO's beta (default 0.1, upstream DPO's --model.beta)
+    --eva.evolver                 unset: eva off (plain OpenRLHF RLOO). task (a programmatic
+                                  evolve(prompt, label, rng) file, --eva.evolver_path),
+                                  evol_instruct or another LLM evolver (written by the policy
+                                  itself, or by the creator model --eva.evolver_model), or a
+                                  plugin's evolver
+    --eva.metric                  informativeness from the batch's own rewards (default A_avg)
+    --eva.buffer_size / --eva.top_frac / --eva.n_new / --eva.n_new_bootstrap / --eva.ratio_evol
+                                  the paper's online defaults: 3200 / 0.5 / 4 / 2 / 0.5
+    --eva.total_prompts           prompt budget: a count or "Nx" (N times the seed set; default
+                                  1x with eva, else seeds x --train.num_episodes). It sizes
+                                  max_steps and the LR schedule before training starts.
+    --eva.filters / --eva.plugin / --eva.evolve_max_new_tokens, and openrlhf_eva.creator.flags'
+                                  --eva.evolver_options / --eva.filter_options /
+                                  --eva.evolve_feedback / --eva.evolve_parents / --eva.eval_prompts:
+                                  as in openrlhf_eva.evolve
+
+Outputs: the HF model in --ckpt.output_dir, plus `eva_metrics.jsonl` (one line per step) and
+`eva_buffer.jsonl` (the final buffer, with lineage). DeepSpeed checkpoints (model, optimizer,
+scheduler) go to --ckpt.path/_actor every --ckpt.save_steps; their client state carries the prompt
+source (buffer, data position, counters), the KL coefficient and every rank's RNG states, so
+--ckpt.load_enable resumes exactly where the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from openrlhf_eva import compat
+from openrlhf_eva.creator import EVOLVERS, EvolInstructEvolver, TaskEvolver, load_plugin, read_prompts
+from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
+from openrlhf_eva.creator.online import OnlinePromptSource
+from openrlhf_eva.rewards import RewardError, build_reward
+from openrlhf_eva.rollout import apply_chat_template
+from openrlhf_eva.solve import online
+from openrlhf_eva.solve.losses import PreferenceLoss
+from openrlhf_eva.upstream import cpu_friendly_defaults
+
+METRICS_FILE = "eva_metrics.jsonl"
+BUFFER_FILE = "eva_buffer.jsonl"
+
+
+class CreatorLoadError(RuntimeError):
+    """The creator model given with --eva.evolver_model cannot be loaded."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Upstream train_ppo_ray names and defaults for the flags implemented here, plus --eva.*."""
+    parser = argparse.ArgumentParser(prog="openrlhf_eva.train_rloo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    # models and DeepSpeed
+    add("--actor.model_name_or_path", required=True, help="HF model name or path")
+    add("--reward.model_name_or_path", default=None, help="an OpenRLHF reward model")
+    add("--reward.remote_url", default=None, help="a reward_func .py file, or RM server URL(s), comma-separated")
+    add("--reward.normalize_enable", action="store_true", default=False)
+    add("--reward.clip_range", type=float, nargs=2, default=(-10, 10))
+    add("--ds.value_head_prefix", default="score")
+    add("--local_rank", type=int, default=-1, help="local_rank for deepspeed")
+    add("--ds.zero_stage", type=int, default=2, choices=[0, 1, 2], help="ZeRO stage (3 cannot run HF generate "
+        "rank by rank)")
+    add("--ds.param_dtype", default="bf16", choices=["bf16", "fp16"])
+    add("--ds.attn_implementation", default="flash_attention_2")
+    add("--ds.adam_offload", action="store_true", default=False)
+    add("--ds.tensor_parallel_size", type=int, default=1, choices=[1], help="no tensor parallelism here")
+    add("--ds.ring_attn_size", type=int, default=1, choices=[1], help="no ring attention here")
+    add("--data.disable_fast_tokenizer", action="store_true", default=False)
+    # optimizer and scheduler (actor)
+    add("--actor.adam.lr", type=float, default=1e-6)
+    add("--actor.adam.betas", type=float, nargs=2, default=(0.9, 0.95))
+    add("--actor.adam.eps", type=float, default=1e-8)
+    add("--actor.adam.weight_decay", type=float, default=0.0)
+    add("--actor.lr_scheduler", default="cosine_with_min_lr")
+    add("--actor.lr_warmup_ratio", type=float, default=0.03)
+    add("--actor.min_lr_ratio", type=float, default=0.1)
+    add("--actor.max_norm", type=float, default=1.0)
+    # policy loss
+    add("--actor.eps_clip", type=float, default=0.2)
+    add("--actor.eps_clip_low_high", type=float, nargs=2, default=None)
+    add("--actor.dual_clip", type=float, default=None)
+    add("--actor.policy_loss_type", default="ppo", choices=["ppo", "gspo"])
+    add("--actor.loss_agg_mode", default="token-mean", choices=["token-mean", "seq-mean-token-mean"])
+    # advantages and KL
+    add("--algo.advantage.estimator", default="rloo", choices=list(online.ESTIMATORS),
+        help="upstream's default gae needs a critic: use openrlhf_eva.train_ppo_ray for it")
+    add("--algo.advantage.gamma", type=float, default=1)
+    add("--algo.advantage.no_std_norm", action="store_true", default=False)
+    add("--algo.kl.init_coef", type=float, default=0.01)
+    add("--algo.kl.target", type=float, default=None)
+    add("--algo.kl.horizon", type=int, default=10000)
+    add("--algo.kl.estimator", default="k1", choices=["k1", "k2", "k3"])
+    add("--algo.kl.use_loss", action="store_true", default=False)
+    add("--algo.kl.unbiased_gradient", action="store_true", default=False)
+    # rollouts and batches
+    add("--rollout.batch_size", type=int, default=1024, help="prompts per rollout batch (all ranks)")
+    add("--rollout.micro_batch_size", type=int, default=1, help="sequences per log-prob forward")
+    add("--rollout.n_samples_per_prompt", type=int, default=1)
+    add("--rollout.max_new_tokens", type=int, default=None, help="default: --data.max_len - prompt length")
+    add("--rollout.temperature", type=float, default=1.0)
+    add("--rollout.top_p", type=float, default=1.0)
+    add("--vllm.num_engines", type=int, default=None, help="not implemented here: rollouts use HF generate")
+    add("--train.batch_size", type=int, default=128, help="samples per optimizer step (online DPO: pairs)")
+    add("--train.micro_batch_size", type=int, default=1)
+    add("--train.max_epochs", type=int, default=1)
+    add("--train.num_episodes", type=int, default=1)
+    add("--train.seed", type=int, default=42)
+    # data
+    add("--data.prompt_dataset", required=True, help="prompt file: JSONL or a .json list of objects")
+    add("--data.input_key", default="input")
+    add("--data.label_key", default=None)
+    add("--data.input_template", default=None)
+    add("--data.apply_chat_template", action="store_true", default=False)
+    add("--data.max_len", type=int, default=2048, help="max prompt + response tokens")
+    add("--data.max_samples", type=int, default=int(1e8))
+    # checkpoints and logging
+    add("--ckpt.output_dir", default="./ckpt")
+    add("--ckpt.path", default="./ckpt/checkpoints_ppo_ray")
+    add("--ckpt.save_steps", type=int, default=-1)
+    add("--ckpt.max_num", type=int, default=3)
+    add("--ckpt.max_mem", type=float, default=float("inf"))
+    add("--ckpt.load_enable", action="store_true", default=False)
+    add("--logger.logging_steps", type=int, default=1)
+    add("--logger.tensorboard_dir", default=None)
+    add("--logger.wandb.key", default=None)
+    add("--logger.wandb.org", default=None)
+    add("--logger.wandb.group", default=None)
+    add("--logger.wandb.project", default="openrlhf_train_ppo")
+    add("--logger.wandb.run_name", default="rloo_%s" % time.strftime("%m%dT%H:%M"))
+    # eva
+    add("--eva.solver", default="pg", choices=["pg", "online_dpo"])
+    add("--eva.beta", type=float, default=0.1, help="online DPO's beta")
+    add("--eva.evolver", default=None, help="task | evol_instruct | a plugin's evolver; unset: eva off")
+    add("--eva.evolver_path", default=None, help="the task evolver's file with evolve(prompt, label, rng)")
+    add("--eva.evolver_model", default=None, help="evol_instruct's creator model (default: the current policy)")
+    add("--eva.evolve_max_new_tokens", type=int, default=512)
+    add("--eva.metric", default="A_avg")
+    add("--eva.buffer_size", type=int, default=3200)
+    add("--eva.top_frac", type=float, default=0.5)
+    add("--eva.n_new", type=int, default=4)
+    add("--eva.n_new_bootstrap", type=int, default=2)
+    add("--eva.ratio_evol", type=float, default=0.5)
+    add("--eva.total_prompts", default=None, help='a prompt count, or "Nx" for N times the seed set')
+    add("--eva.filters", nargs="*", default=["empty", "unchanged", "duplicate"])
+    add("--eva.plugin", action="append", default=[], help="Python file registering metrics/evolvers/filters")
+    add_creator_flags(add)  # evolver/filter options shared with openrlhf_eva.evolve and train_ppo_ray
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse, apply upstream's own post-parse rules that apply here, and check what can be checked early."""
+    from openrlhf.utils.config import hierarchize
+
+    parser = build_parser()
+    flat = parser.parse_args(argv)
+    cpu_friendly_defaults(flat)
+    args = hierarchize(flat)
+    if args.actor.eps_clip_low_high is None:
+        args.actor.eps_clip_low_high = (args.actor.eps_clip, args.actor.eps_clip)
+    n = args.rollout.n_samples_per_prompt
+    if args.eva.solver == "pg" and args.algo.advantage.estimator != "reinforce" and n < 2:
+        parser.error(f"{args.algo.advantage.estimator} requires --rollout.n_samples_per_prompt > 1")
+    if args.eva.solver == "online_dpo" and n < 2:
+        parser.error("online_dpo picks best vs worst of the samples: --rollout.n_samples_per_prompt must be > 1")
+    if not (args.reward.remote_url or args.reward.model_name_or_path):
+        parser.error("give a reward: --reward.remote_url (reward_func .py file or URL) or --reward.model_name_or_path")
+    if args.vllm.num_engines:
+        parser.error("--vllm.num_engines: this trainer rolls out with HF generate; "
+                     "vLLM rollouts run in openrlhf_eva.train_ppo_ray")
+    per_rollout = args.rollout.batch_size * (n if args.eva.solver == "pg" else 1)
+    if per_rollout % args.train.batch_size:
+        parser.error(f"--train.batch_size {args.train.batch_size} must divide the {per_rollout} "
+                     f"{'samples' if args.eva.solver == 'pg' else 'pairs'} of a rollout batch")
+    if args.eva.evolver == "task" and not args.eva.evolver_path:
+        parser.error("--eva.evolver task needs --eva.evolver_path (a file defining evolve(prompt, label, rng))")
+    if args.ckpt.save_steps == -1:
+        args.ckpt.save_steps = float("inf")
+    return args
+
+
+def total_prompts(spec: Optional[str], num_seeds: int) -> Optional[int]:
+    """``--eva.total_prompts``: None, a count ("6400") or a multiple of the seed set ("2x", "1.5x")."""
+    if spec is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*x\s*", spec)
+    try:
+        return int(float(match.group(1)) * num_seeds) if match else int(spec)
+    except ValueError:
+        raise ValueError(f'--eva.total_prompts {spec!r}: give a prompt count or "Nx" (N times the seed set)') from None
+
+
+def build_online_evolver(args, policy_module, tokenizer):
+    """The evolver --eva.evolver names, or None (eva off).
+
+    An LLM evolver (evol_instruct, or any registered class with ``uses_llm``) writes with the
+    current policy, or with the creator model --eva.evolver_model, through ``hf_generate_fn``.
+    """
+    for path in args.eva.plugin:
+        load_plugin(path)
+    if args.eva.evolver is None:
+        return None
+    options = evolver_options(args.eva)
+    if args.eva.evolver == "task":
+        return TaskEvolver(args.eva.evolver_path, **options)
+    evolver_class = EVOLVERS.get(args.eva.evolver)
+    if not (evolver_class is EvolInstructEvolver or getattr(evolver_class, "uses_llm", False)):
+        return evolver_class(**options)
+    writer, writer_tokenizer = policy_module, tokenizer
+    if args.eva.evolver_model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        try:
+            writer_tokenizer = AutoTokenizer.from_pretrained(args.eva.evolver_model)
+            writer = AutoModelForCausalLM.from_pretrained(
+                args.eva.evolver_model, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        except Exception as error:
+            raise CreatorLoadError(f"--eva.evolver_model {args.eva.evolver_model!r} could not be loaded: "
+                                   f"{type(error).__name__}: {error}") from error
+        writer.to(device)
+        if writer_tokenizer.pad_token is None:
+            writer_tokenizer.pad_token = writer_tokenizer.eos_token
+    return evolver_class(generate=online.hf_generate_fn(
+        writer, writer_tokenizer, max_new_tokens=args.eva.evolve_max_new_tokens,
+        temperature=args.rollout.temperature, top_p=args.rollout.top_p), **options)
+
+
+def build_reward_oracle(args):
+    url = args.reward.remote_url
+    if url and url.endswith(".py"):
+        return build_reward("reward_func", path=url)
+    if url:
+        return build_reward("remote", urls=url)
+    return build_reward("reward_model", path=args.reward.model_name_or_path, max_len=args.data.max_len,
+                        normalize_reward=args.reward.normalize_enable, value_head_prefix=args.ds.value_head_prefix,
+                        param_dtype=args.ds.param_dtype, attn_implementation=args.ds.attn_implementation)
+
+
+def format_prompts(args, tokenizer, prompts: list[str]) -> list[str]:
+    """What upstream's PromptDataset feeds the policy: chat template, else input template, else the text."""
+    if args.data.apply_chat_template:
+        return apply_chat_template(tokenizer, prompts)
+    if args.data.input_template:
+        return [args.data.input_template.format(p) for p in prompts]
+    return prompts
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Every random draw of a step derives from (seed, step, rank): a resumed step repeats exactly."""
+    return (seed * 1_000_003 + step) * 1009 + rank
+
+
+def keep_metrics_up_to(path: str, last_step: int) -> None:
+    """On resume, drop metric lines of steps the checkpoint does not contain (they will be rerun)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as file:
+        lines = [line for line in file if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(path, "w") as file:
+        file.writelines(lines)
+
+
+def use_torch_adam_on_cpu(strategy) -> None:
+    """Make resumed CPU runs bit-identical to uninterrupted ones.
+
+    DeepSpeed's CPU FusedAdam keeps beta^t by multiplying once per step and recomputes it with
+    pow() after a step jump (csrc/includes/cpu_adam.h, IncrementStep), so the first update after a
+    resume differs in the last bits. torch's AdamW derives it from the saved step count instead.
+    """
+    if torch.cuda.is_available():
+        return
+    build = strategy.get_ds_train_config
+
+    def get_ds_train_config(optim_dict=None, **kwargs):
+        config = build(optim_dict, **kwargs)
+        if "optimizer" in config:
+            config["optimizer"]["params"]["torch_adam"] = True
+        return config
+
+    strategy.get_ds_train_config = get_ds_train_config
+
+
+class OnlineTrainer:
+    """One rank's controller: models, reward, prompt source, and the step loop."""
+
+    def __init__(self, args) -> None:
+        from openrlhf.models import Actor
+        from openrlhf.trainer.ppo_utils import AdaptiveKLController, FixedKLController
+        from openrlhf.utils import get_strategy, get_tokenizer
+
+        self.args = args
+        self.strategy = strategy = get_strategy(args)
+        use_torch_adam_on_cpu(strategy)
+        strategy.setup_distributed()
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if args.rollout.batch_size % self.world_size:
+            raise ValueError(f"--rollout.batch_size {args.rollout.batch_size} must be a multiple of the "
+                             f"{self.world_size} ranks")
+        self.n, self.solver = args.rollout.n_samples_per_prompt, args.eva.solver
+
+        pretrain = args.actor.model_name_or_path
+        actor_kwargs = dict(attn_implementation=args.ds.attn_implementation, param_dtype=args.ds.param_dtype,
+                            temperature=args.rollout.temperature)
+        actor = Actor(pretrain, ds_config=strategy.get_ds_train_config(), **actor_kwargs)
+        self.tokenizer = get_tokenizer(pretrain, actor.model, "left", strategy,
+                                       use_fast=not args.data.disable_fast_tokenizer)
+        needs_reference = self.solver == "online_dpo" or args.algo.kl.init_coef > 0
+        reference = None
+        if needs_reference:
+            reference = Actor(pretrain, ds_config=strategy.get_ds_eval_config(), **actor_kwargs)
+        self.oracle = build_reward_oracle(args)
+
+        seeds = read_prompts(args.data.prompt_dataset, args.data.input_key, args.data.label_key)
+        seeds = seeds[: args.data.max_samples]
+        # A policy evolver generates with actor.model: the DeepSpeed engine below wraps that very
+        # object (moved and cast in place), so it always writes with the weights being trained.
+        self.evolver = build_online_evolver(args, actor.model, self.tokenizer)
+        self.source = OnlinePromptSource(
+            seeds, args.rollout.batch_size, self.evolver,
+            total_prompts=total_prompts(args.eva.total_prompts, len(seeds)),
+            num_episodes=args.train.num_episodes, capacity=args.eva.buffer_size, top_frac=args.eva.top_frac,
+            n_new=args.eva.n_new, n_new_bootstrap=args.eva.n_new_bootstrap, ratio_evol=args.eva.ratio_evol,
+            metric=args.eva.metric, filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len),
+            seed=args.train.seed, rank=self.rank,
+            world_size=self.world_size, all_gather_object=self.all_gather_object)
+        # Optimizer steps per rollout batch are fixed, so the prompt budget sizes the schedule exactly.
+        self.steps_per_batch = (args.rollout.batch_size * (self.n if self.solver == "pg" else 1)
+                                // args.train.batch_size * args.train.max_epochs)
+        self.max_steps = self.source.num_batches * self.steps_per_batch
+
+        actor_cfg = dict(optim="adam", muon={}, adam=vars(args.actor.adam), lr_scheduler=args.actor.lr_scheduler,
+                         lr_warmup_ratio=args.actor.lr_warmup_ratio, min_lr_ratio=args.actor.min_lr_ratio,
+                         max_norm=args.actor.max_norm, scheduler_steps=self.max_steps)
+        self.actor, self.optimizer, self.scheduler = strategy.prepare((actor, actor_cfg))
+        self.reference = strategy.prepare(reference) if reference is not None else None
+        self.kl_ctl = (AdaptiveKLController(args.algo.kl.init_coef, args.algo.kl.target, args.algo.kl.horizon)
+                       if args.algo.kl.target else FixedKLController(args.algo.kl.init_coef))
+        self.dpo_loss = PreferenceLoss("dpo", beta=args.eva.beta) if self.solver == "online_dpo" else None
+        self.ckpt_dir = os.path.join(args.ckpt.path, "_actor")
+        self.metrics_path = os.path.join(args.ckpt.output_dir, METRICS_FILE)
+        self.trackers = []
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def resume(self) -> int:
+        """Load the latest checkpoint when --ckpt.load_enable; returns the step it was taken at (0: none)."""
+        if not (self.args.ckpt.load_enable and os.path.exists(self.ckpt_dir)):
+            return 0
+        _, states = self.strategy.load_ckpt(self.actor.model, self.ckpt_dir)
+        if not states:
+            return 0
+        try:
+            self.source.load_state_dict(states["eva_source"])
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"checkpoint {self.ckpt_dir}: cannot resume its prompt source: {error}") from error
+        self.kl_ctl.value = states["kl_coef"]
+        if len(states["rng_states"]) == self.world_size:
+            set_rng_states(states["rng_states"][self.rank])
+        else:
+            self.strategy.print(f"checkpoint saved by {len(states['rng_states'])} ranks, now {self.world_size}: "
+                                "RNG states are not restored")
+        self.strategy.print(f"resumed from {self.ckpt_dir} at step {states['global_step']} "
+                            f"({self.source.prompts_served} prompts served)")
+        return states["global_step"]
+
+    def save_checkpoint(self, step: int) -> None:
+        """Model, optimizer and scheduler (DeepSpeed), plus the prompt source, KL and every rank's RNGs."""
+        client_states = {"global_step": step, "eva_source": self.source.state_dict(), "kl_coef": self.kl_ctl.value,
+                         "rng_states": self.all_gather_object(rng_states())}
+        self.strategy.save_ckpt(self.actor.model, self.ckpt_dir, f"global_step{step}", self.args.ckpt.max_num,
+                                self.args.ckpt.max_mem, client_states)
+
+    def train_step(self, step: int, batch) -> dict:
+        """Roll out this rank's shard, score it, update the policy, then let the source evolve."""
+        args, tokenizer, n = self.args, self.tokenizer, self.n
+        started = time.perf_counter()
+        per_rank = args.rollout.batch_size // self.world_size
+        shard = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+        prompts = format_prompts(args, tokenizer, [p.prompt for p in shard])
+        max_new_tokens = args.rollout.max_new_tokens or args.data.max_len - max(
+            len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+        seed = step_seed(args.train.seed, step, self.rank)
+        experience = online.generate(
+            self.actor.model.module, tokenizer, prompts, n, max_new_tokens=max_new_tokens,
+            temperature=args.rollout.temperature, top_p=args.rollout.top_p, seed=seed,
+            prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+        rollout_seconds = time.perf_counter() - started
+
+        rollouts = online.to_rollouts(experience, tokenizer, prompts, n)
+        rewards = self.oracle.score(rollouts, [p.label for p in shard])
+        parts = self.all_gather_object({
+            "rewards": rewards.tolist(), "responses": rollouts.responses,
+            "response_length": experience.response_length.tolist(), "truncated": experience.truncated.tolist()})
+        all_rewards = torch.tensor([row for part in parts for row in part["rewards"]], dtype=torch.float32)
+        if not torch.isfinite(all_rewards).any():
+            raise RewardError(f"step {step}: every reward of the batch is NaN or inf; the reward is broken "
+                              f"({args.reward.remote_url or args.reward.model_name_or_path})")
+        reward_seconds = time.perf_counter() - started - rollout_seconds
+
+        generator = torch.Generator().manual_seed(seed + 1)
+        if self.solver == "pg":
+            online.attach_log_probs(experience, self.actor, self.reference, args)
+            online.compute_advantages(experience, rewards, args, self.kl_ctl.value)
+            train_metrics = online.policy_update(self.actor, self.optimizer, self.scheduler, self.strategy, experience,
+                                                 args, self.kl_ctl.value, generator)
+            train_metrics["kl"] = self.strategy.all_reduce(float(experience.info["kl"].mean()))
+            self.kl_ctl.update(train_metrics["kl"], args.rollout.batch_size * n)
+        else:
+            train_metrics = online.online_dpo_update(self.actor, self.reference, self.optimizer, self.scheduler,
+                                                     self.strategy, experience, rewards, args, self.dpo_loss,
+                                                     generator)
+        update_seconds = time.perf_counter() - started - rollout_seconds - reward_seconds
+
+        eva_metrics = self.source.observe(all_rewards, step, [row for part in parts for row in part["responses"]])
+        hashes = self.all_gather_object(self.source.fingerprint())
+        if len(set(hashes)) > 1:
+            raise RuntimeError(f"step {step}: the ranks' prompt buffers diverged: {hashes}")
+
+        finite = torch.isfinite(all_rewards)
+        from_buffer = torch.tensor([p.buffer_id is not None for p in batch])
+        lengths = torch.tensor([x for part in parts for x in part["response_length"]])
+        metrics = {
+            "step": step,
+            "optimizer_steps": step * self.steps_per_batch,
+            "reward_mean": float(all_rewards[finite].mean()),
+            "reward_std": float(all_rewards[finite].std()) if int(finite.sum()) > 1 else 0.0,
+            "reward_mean_seed_prompts": _mean_finite(all_rewards[~from_buffer]),
+            "reward_mean_buffer_prompts": _mean_finite(all_rewards[from_buffer]),
+            "response_length_mean": float(lengths.float().mean()),
+            "truncated_rate": float(np.mean([x for part in parts for x in part["truncated"]])),
+            "kl_coef": self.kl_ctl.value,
+            **train_metrics,
+            **eva_metrics,
+            "eva/buffer_hashes": hashes,
+            "timing/rollout": rollout_seconds,
+            "timing/reward": reward_seconds,
+            "timing/update": update_seconds,
+        }
+        metrics["timing/step"] = time.perf_counter() - started
+        if "timing/evolve" in metrics:
+            metrics["timing/evolve_share"] = metrics["timing/evolve"] / metrics["timing/step"]
+        return metrics
+
+    def log(self, metrics: dict) -> None:
+        """Rank 0: every step to the JSONL file; every --logger.logging_steps to console and trackers."""
+        if not self.strategy.is_rank_0():
+            return
+        with open(self.metrics_path, "a") as file:
+            file.write(json.dumps(metrics) + "\n")
+        if metrics["step"] % self.args.logger.logging_steps == 0:
+            print(_console_line(metrics, self.source.num_batches), flush=True)
+            numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+            for tracker in self.trackers:
+                tracker.log_train(metrics["step"], numeric)
+
+    def fit(self) -> None:
+        from openrlhf.utils.logging_utils import TensorboardLogger, WandbLogger
+
+        args, strategy = self.args, self.strategy
+        step = self.resume()
+        if strategy.is_rank_0():
+            os.makedirs(args.ckpt.output_dir, exist_ok=True)
+            keep_metrics_up_to(self.metrics_path, step)  # a fresh run (step 0) starts an empty file
+            self.trackers += [WandbLogger(args)] if args.logger.wandb.key else []
+            self.trackers += [TensorboardLogger(args)] if args.logger.tensorboard_dir else []
+        strategy.print(f"train_rloo: {self.source.num_batches} rollout batches of {args.rollout.batch_size} prompts "
+                       f"x {self.n}, {self.max_steps} optimizer steps, {self.world_size} rank(s), "
+                       f"solver {self.solver}, eva {'off' if self.evolver is None else args.eva.evolver}")
+        while batch := self.source.next_batch():
+            step += 1
+            self.log(self.train_step(step, batch))
+            if step % args.ckpt.save_steps == 0:
+                self.save_checkpoint(step)
+        if self.source.batches_served < self.source.num_batches:
+            strategy.print(f"stopped early after {step} of {self.source.num_batches} rollout batches: "
+                           f"{self.source.exhausted}")
+        strategy.save_model(self.actor, self.tokenizer, args.ckpt.output_dir)
+        if strategy.is_rank_0() and self.evolver is not None:
+            self.source.buffer.to_jsonl(os.path.join(args.ckpt.output_dir, BUFFER_FILE))
+        for tracker in self.trackers:
+            tracker.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    compat.default_single_process_env()
+    OnlineTrainer(args).fit()
+
+
+def _mean_finite(values: torch.Tensor) -> Optional[float]:
+    values = values[torch.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _console_line(metrics: dict, num_batches: int) -> str:
+    line = (f"step {metrics['step']}/{num_batches}  reward {metrics['reward_mean']:.3f}  "
+            f"len {metrics['response_length_mean']:.1f}  lr {metrics['actor_lr']:.2e}")
+    if "eva/phase" in metrics and metrics["eva/phase"] != "off":
+        line += (f"  | {metrics['eva/phase']}  buffer {metrics['eva/buffer_size']}  "
+                 f"info batch {metrics['eva/batch_info_mean']:.3f} buffer {metrics['eva/buffer_info_mean']:.3f}  "
+                 f"children +{metrics['eva/children_accepted']} -{metrics['eva/children_rejected']}  "
+                 f"depth {metrics['eva/buffer_depth_mean']:.2f}")
+    return line + f"  ({metrics['timing/step']:.2f}s)"
+
+
+if __name__ == "__main__":
+    main()
