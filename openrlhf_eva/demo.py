@@ -9,7 +9,9 @@
    programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds);
 4. solve: one DPO round from theta_0 on fresh seed prompts (static) and one on the evolved set (eva),
    same prompt count, pairs and gradient steps, through `openrlhf_eva.evolve` + `openrlhf_eva.train_dpo`;
-   the held-out reward per split (in_dist, harder, new_kind) of theta_0 and both rounds.
+   the held-out reward per split (in_dist, harder, new_kind) of theta_0 and both rounds;
+5. online: RLOO from theta_0 through `openrlhf_eva.train_rloo` on the static seeds vs with eva's
+   prioritized generative buffer, same prompt budget and rollouts, scored the same way.
 Stages are cached under --out: a rerun redoes only what is missing.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--creator-only", action="store_true", help="stop after the creator step (no DPO rounds)")
     parser.add_argument("--dpo-lr", type=float, default=1e-4, help="learning rate of both DPO rounds")
     parser.add_argument("--dpo-epochs", type=int, default=2)
+    parser.add_argument("--rloo-lr", type=float, default=1e-4, help="learning rate of both online RLOO runs")
+    parser.add_argument("--rloo-episodes", type=int, default=2, help="prompt budget of the online runs, x the seeds")
     parser.add_argument("--dpo-nll", type=float, default=1.0,
                         help="length-normalised NLL on the chosen response (the paper adds it in multi-round runs)")
     args = parser.parse_args(argv)
@@ -170,7 +176,53 @@ def main(argv: list[str] | None = None) -> None:
         t = time.time()
         solver_rounds(args, out, model_dir, seeds, step_dir / "next_prompts.jsonl", greedy)
         timings["solver_rounds_s"] = time.time() - t
+        t = time.time()
+        online_runs(args, out, model_dir, seeds, greedy)
+        timings["online_runs_s"] = time.time() - t
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def online_runs(args, out: Path, model_dir: Path, seeds: list[dict], before: dict) -> None:
+    """Online RLOO from theta_0 with a static prompt set vs with eva's buffer, same budget and rollouts.
+
+    Static: the seeds, --rloo-episodes passes. eva: the same seeds and a budget of --rloo-episodes x
+    the seeds, drawn through the buffer's warm-up / mix-up / bootstrap phases (task evolver).
+    """
+    online_dir = out / "online"
+    write_jsonl(online_dir / "seeds.jsonl", seeds)
+    common = ["--actor.model_name_or_path", str(model_dir), "--data.prompt_dataset", str(online_dir / "seeds.jsonl"),
+              "--data.input_key", "prompt", "--data.label_key", "label", "--data.apply_chat_template",
+              "--data.max_len", "64", "--reward.remote_url", str(REWARD_FILE), "--rollout.batch_size", "16",
+              "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "16", "--rollout.micro_batch_size",
+              "64", "--train.batch_size", "16", "--train.micro_batch_size", "16", "--actor.adam.lr",
+              str(args.rloo_lr), "--algo.kl.init_coef", "0", "--ds.zero_stage", "0", "--train.seed", str(args.seed)]
+    arms = {
+        "static": ["--train.num_episodes", str(args.rloo_episodes)],
+        "eva": ["--eva.evolver", "task", "--eva.evolver_path", str(EVOLVE_FILE),
+                "--eva.total_prompts", f"{args.rloo_episodes}x", "--eva.buffer_size", str(len(seeds))],
+    }
+    results = {"theta_0 (SFT)": before}
+    for arm, extra in arms.items():
+        stage = Stage(online_dir / arm)
+        if not stage.done:
+            model = online_dir / arm / "model"
+            cmd = [sys.executable, "-m", "openrlhf_eva.train_rloo", *common, *extra, "--ckpt.output_dir", str(model),
+                   "--ckpt.path", str(online_dir / arm / "ckpt")]
+            print(f"[eva] online RLOO, {arm} prompts (log: {online_dir / arm / 'train.log'})", flush=True)
+            (online_dir / arm).mkdir(parents=True, exist_ok=True)
+            with open(online_dir / arm / "train.log", "w") as log:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                    raise RuntimeError(f"train_rloo ({arm}) failed; see {online_dir / arm / 'train.log'}")
+            stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
+        results[f"RLOO on {arm} prompts"] = stage.record()
+    splits = ["in_dist", "harder", "new_kind", "all"]
+    print_table(
+        f"Held-out greedy reward (exact-match share): online RLOO from theta_0, {args.rloo_episodes}x "
+        f"{len(seeds)} prompts x 4 samples each",
+        ["policy", *splits],
+        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
+    )
+    (online_dir / "results.json").write_text(json.dumps({"held_out": results}, indent=2) + "\n")
 
 
 def solver_rounds(args, out: Path, model_dir: Path, seeds: list[dict], evolved_set: Path, before: dict) -> None:

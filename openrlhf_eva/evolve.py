@@ -3,6 +3,8 @@
     python -m openrlhf_eva.evolve --pretrain CKPT --prompt_data prompts.jsonl --output_dir runs/round1 \\
         --reward.remote_url reward_func.py [--data.apply_chat_template] [--eva.evolver task \\
         --eva.evolver_path evolve_func.py]
+    ... --eva.evolver evol_complexity --eva.evolver_backend openai --eva.evolver_url http://127.0.0.1:8000/v1 \\
+        --eva.evolver_model served-name --eva.evolve_feedback --eva.rewrite_chosen
     deepspeed --module openrlhf_eva.evolve ...     (same flags; prompt shards are split over the ranks)
 
 1. estimate (every rank): the prompts are cut into shards of --shard_size; rank r takes shards
@@ -12,6 +14,12 @@
 2. rank 0, after a barrier: best/worst preference pairs, informativeness under every registered
    metric, then sample -> evolve -> filter -> mix with `creator_step`, and the outputs below.
 
+The creator LLM (LLM evolvers, --eva.rewrite_chosen) is the policy itself unless --eva.evolver_model
+names another checkpoint (or a .gguf file) or a model served at --eva.evolver_url
+(--eva.evolver_backend openai, key from the variable --eva.evolver_api_key_env names); it is
+loaded on first use (`openrlhf_eva.generation`). Every evolved child passes --eva.filters (on by
+default; counts in summary.json as filter/<name> and in the last log line).
+
 Outputs in --output_dir:
   pairs.jsonl         one row per prompt with a usable pair: prompt, chosen / rejected (the max- and
                       min-reward responses) in the form OpenRLHF's train_dpo reads with the same
@@ -19,11 +27,15 @@ Outputs in --output_dir:
                       without), then index, label, chosen_reward, rejected_reward, responses,
                       rewards (null = unscorable), truncated, info {metric: value}; with
                       --reward.pairwise_model also win_rates, chosen_win_prob, rejected_win_prob
-                      (SPPO's P(y > pi)).
+                      (SPPO's P(y > pi)); with --eva.rewrite_chosen, chosen is the creator LLM's
+                      improved answer where usable, chosen_original the sampled one, chosen_rewritten
+                      whether they differ and rewrite_kept_reason why not (chosen_reward stays the
+                      original's: the rewrite is not scored).
   next_prompts.jsonl  the mixed next prompt set from `creator_step` ("prompt", "label", the input
                       row's other fields, lineage in eva_origin/eva_parent/eva_method/eva_depth/eva_info).
-  rejects.jsonl       every prompt that gave no pair and every filtered child: stage (prompt|child),
-                      category (too_long, reward_error, unscorable, tie, filtered), reason.
+  rejects.jsonl       every prompt that gave no pair, every filtered child and every evolver output
+                      that gave no child: stage (prompt|child|evolver), category (too_long,
+                      reward_error, unscorable, tie, filtered, unparsable, ...), reason.
   summary.json        counts (prompts/in == prompts/pairs + prompts/ties + prompts/rejected), info
                       statistics per metric, timings, the arguments.
 
@@ -50,17 +62,16 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from openrlhf_eva.creator import (
+    DEFAULT_FILTERS,
     EVOLVERS,
-    FILTERS,
     METRICS,
     SAMPLERS,
-    EvolInstructEvolver,
     PluginError,
     TaskEvolveError,
     TaskEvolver,
@@ -70,9 +81,12 @@ from openrlhf_eva.creator import (
     read_prompts,
     write_jsonl,
 )
+from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
 from openrlhf_eva.creator.step import creator_step
+from openrlhf_eva.generation import HFGenerator, OpenAIGenerator, VLLMGenerator, build_generator
 from openrlhf_eva.rewards import PairwisePreference, RewardError, build_reward, mean_win_rate
 from openrlhf_eva.rollout import Rollouts, apply_chat_template, sample_responses
+from openrlhf_eva.solve.rewriter import rewrite_chosen
 
 SHARD_NAME = re.compile(r"^estimate-(\d+)-(\d+)\.jsonl$")
 # Rank 0 waits at the barrier while the other ranks estimate, which on a resumed run can be the
@@ -131,11 +145,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.evolved_fraction", type=float, default=0.8, help="share of the next set taken from children")
     add("--eva.next_size", type=int, default=None, help="next set size (default: the estimated prompts)")
     add("--eva.evolver", default="evol_instruct",
-        help="task | evol_instruct | a registered evolver | none (estimate and pairs only, no next set)")
+        help="evol_instruct | evol_complexity | evol_quality | self_instruct | tree_bon | distilabel | task | "
+             "a registered evolver | none (estimate and pairs only, no next set)")
     add("--eva.evolver_path", default=None, help="the task evolver's Python file with evolve(prompt, label, rng)")
-    add("--eva.evolver_model", default=None, help="the LLM evol_instruct rewrites with (default: the policy)")
+    add("--eva.evolver_model", default=None,
+        help="the creator LLM: a checkpoint or .gguf file, or the served model's name with --eva.evolver_url "
+             "(default: the policy)")
+    add("--eva.evolver_backend", choices=["auto", "hf", "vllm", "openai"], default="auto",
+        help="how the creator LLM generates; auto: the policy's backend, openai when --eva.evolver_url is set")
+    add("--eva.evolver_url", default=None, help="an OpenAI-compatible server for the creator LLM")
+    add("--eva.evolver_api_key_env", default="OPENAI_API_KEY", help="environment variable holding its API key")
     add("--eva.evolve_max_new_tokens", type=int, default=512)
-    add("--eva.filters", nargs="*", default=["empty", "unchanged", "duplicate"])
+    add("--eva.filters", nargs="*", default=list(DEFAULT_FILTERS), help="filters every evolved child must pass")
+    add("--eva.rewrite_chosen", action="store_true",
+        help="let the creator LLM improve each pair's chosen response (kept only where usable)")
+    add_creator_flags(add)
     add("--eva.plugin", action="append", default=[], help="Python file registering metrics/evolvers/rewards")
     add("--eva.reward", default=None, help="a reward oracle registered by a plugin (built with no arguments)")
     add("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
@@ -150,8 +174,11 @@ def check_args(args) -> None:
     SAMPLERS.get(args.eva.sample_mode)
     if args.eva.evolver != "none":
         EVOLVERS.get(args.eva.evolver)
-    for name in args.eva.filters:
-        FILTERS.get(name)
+        evolver_options(args.eva)
+    build_creator_filters(args.eva)  # names, options and evaluation files, before any model loads
+    if args.eva.evolver_backend == "openai" and not (args.eva.evolver_url and args.eva.evolver_model):
+        raise ValueError("--eva.evolver_backend openai needs --eva.evolver_url and --eva.evolver_model (the "
+                         "served model's name)")
     if args.rollout.n_samples_per_prompt < 2:
         raise ValueError("--n_samples_per_prompt must be >= 2: a preference pair needs two responses")
     if args.shard_size < 1:
@@ -390,25 +417,74 @@ def info_stats(values: torch.Tensor) -> dict:
             "median": float(values.median()), "max": float(values.max())}
 
 
-def build_creator_evolver(args, policy: Policy):
+class CreatorLLM:
+    """The creator's generator (evolvers, rewriter), built on first use, so that a run that evolves
+    nothing with an LLM never loads one. Without --eva.evolver_model it samples with the policy's
+    own engine (vLLM or HF), loaded once for both jobs."""
+
+    def __init__(self, args, policy: Policy) -> None:
+        self.args, self.policy, self.generator = args, policy, None
+
+    def build(self):
+        args, eva = self.args, self.args.eva
+        sampling = {"max_new_tokens": eva.evolve_max_new_tokens, "temperature": args.rollout.temperature,
+                    "top_p": args.rollout.top_p, "seed": args.train.seed}
+        backend = eva.evolver_backend
+        if backend == "openai" or (backend == "auto" and eva.evolver_url):
+            return OpenAIGenerator(eva.evolver_url, eva.evolver_model, api_key_env=eva.evolver_api_key_env, **sampling)
+        if backend == "auto":
+            backend = self.policy.backend
+        hf_options = {"batch_size": args.generate_batch_size} if backend == "hf" else {}
+        if eva.evolver_model and eva.evolver_model != self.policy.path:
+            return build_generator(backend, eva.evolver_model, **sampling, **hf_options)
+        if backend != self.policy.backend:
+            raise ValueError(f"--eva.evolver_backend {backend}: the policy runs on {self.policy.backend}; name a "
+                             f"separate --eva.evolver_model to use another backend")
+        engine = self.policy.engine()
+        if backend == "vllm":
+            return VLLMGenerator(engine, self.policy.tokenizer, **sampling)
+        return HFGenerator(engine, self.policy.tokenizer, **sampling, **hf_options)
+
+    def __call__(self, prompts: list) -> list[str]:
+        if self.generator is None:
+            self.generator = self.build()
+        return self.generator(prompts)
+
+    @property
+    def stats(self) -> Counter:
+        return self.generator.stats if self.generator is not None else Counter()
+
+
+def info_scorer(args, policy: Policy, oracle, pairwise) -> Callable:
+    """tree_bon's "info" scorer: each candidate's informativeness (--eva.metric) from n fresh policy
+    samples scored by the run's reward, the quantity eva selects parents by."""
+
+    def score(prompts: list[str], nodes: list) -> list[float]:
+        n = args.rollout.n_samples_per_prompt
+        seeds = [args.train.seed + 7919 * k for k in range(len(prompts))]
+        rollouts = policy.sample(policy.template(prompts), n, seeds, args.rollout.max_new_tokens)
+        if oracle is not None:
+            rewards = oracle.score(rollouts, [None] * len(prompts))
+        else:
+            rewards = mean_win_rate(pairwise.win_probs(rollouts))
+        return informativeness(rewards, metric=args.eva.metric).tolist()
+
+    return score
+
+
+def build_creator_evolver(args, policy: Policy, creator_llm: CreatorLLM | None = None, oracle=None, pairwise=None):
     if args.eva.evolver == "none":
         return None
     if args.eva.evolver == "task":
         if not args.eva.evolver_path:
             raise ValueError("--eva.evolver task needs --eva.evolver_path, a file defining evolve(prompt, label, rng)")
         return TaskEvolver(args.eva.evolver_path)
-    if args.eva.evolver == "evol_instruct":
-        writer = policy
-        if args.eva.evolver_model and args.eva.evolver_model != policy.path:
-            writer = Policy(args.eva.evolver_model, args.generate_backend, args)
-
-        def generate(meta_prompts: list[str]) -> list[str]:
-            templated = apply_chat_template(writer.tokenizer, meta_prompts)
-            seeds = [args.train.seed + k for k in range(len(templated))]
-            return [r[0] for r in writer.sample(templated, 1, seeds, args.eva.evolve_max_new_tokens).responses]
-
-        return EvolInstructEvolver(generate)
-    return build_evolver(args.eva.evolver)
+    options = evolver_options(args.eva)
+    if not getattr(EVOLVERS.get(args.eva.evolver), "uses_llm", False):
+        return build_evolver(args.eva.evolver, **options)
+    if options.get("scorer") == "info":
+        options["scorer"] = info_scorer(args, policy, oracle, pairwise)
+    return build_evolver(args.eva.evolver, generate=creator_llm or CreatorLLM(args, policy), **options)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -417,8 +493,12 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -> dict:
-    """Rank 0: pairs, rejects, informativeness, the creator step, and every output file. Returns the summary."""
+def finish(records: list[dict], args, evolver, counts: Counter, timings: dict, creator_llm=None,
+           tokenizer=None) -> dict:
+    """Rank 0: pairs, rejects, informativeness, the creator step, and every output file. Returns the summary.
+
+    ``creator_llm`` rewrites chosen responses under --eva.rewrite_chosen; ``tokenizer`` (the policy's)
+    measures children for the length filter."""
     n = args.rollout.n_samples_per_prompt
     out = Path(args.output_dir)
     outcomes = [pair_or_reason(r) for r in records]
@@ -428,10 +508,12 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -
     infos = {name: informativeness(rewards, metric=name) for name in METRICS.names()}
 
     pairs, rejects = [], []
+    raw_pairs = []  # (prompt, chosen response) as text, whatever form pairs.jsonl takes
     for row_index, (record, (first, second)) in enumerate(estimated):
         if not isinstance(first, int):
             continue
         prompt, chosen, rejected = record["prompt"], record["responses"][first], record["responses"][second]
+        raw_pairs.append((prompt, chosen))
         if args.data.apply_chat_template:
             # Upstream's dataset templates these back into exactly the text the policy was sampled with.
             prompt = [{"role": "user", "content": prompt}]
@@ -445,6 +527,16 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -
             win_rates = mean_win_rate(torch.tensor([record["win_probs"]]))[0].tolist()
             pair.update(win_rates=win_rates, chosen_win_prob=win_rates[first], rejected_win_prob=win_rates[second])
         pairs.append(pair)
+    if args.eva.rewrite_chosen and pairs:
+        started = time.time()
+        rewrites = rewrite_chosen(creator_llm, [raw_prompt for raw_prompt, _ in raw_pairs],
+                                  [raw_chosen for _, raw_chosen in raw_pairs])
+        for pair, text, used, reason in zip(pairs, rewrites.texts, rewrites.rewritten, rewrites.reasons):
+            pair["chosen_original"] = pair["chosen"]
+            pair["chosen"] = [{"role": "assistant", "content": text}] if args.data.apply_chat_template else text
+            pair.update(chosen_rewritten=used, rewrite_kept_reason=reason)
+        counts.update({f"rewrite/{key}": value for key, value in rewrites.counts.items()})
+        timings["rewrite_s"] = time.time() - started
     for record, (first, second) in zip(records, outcomes):
         if not isinstance(first, int):
             counts[f"reject/{first}"] += 1
@@ -468,11 +560,13 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -
     next_set = []
     if estimated and evolver is not None:
         creator_rows = [{**r["metadata"], "prompt": r["prompt"], "label": r["label"]} for r, _ in estimated]
+        filters = build_creator_filters(args.eva, tokenizer, args.max_prompt_len)
         step = creator_step(creator_rows, rewards, evolver, metric=args.eva.metric, sample_mode=args.eva.sample_mode,
                             sample_fraction=args.eva.sample_fraction,
                             evolutions_per_prompt=args.eva.evolutions_per_prompt,
                             evolved_fraction=args.eva.evolved_fraction, next_size=args.eva.next_size,
-                            filters=args.eva.filters, seed=args.train.seed)
+                            filters=filters, seed=args.train.seed,
+                            responses=[r["responses"] for r, _ in estimated])
         next_set = step.next_set
         counts.update(step.counts)
         for child, reason in step.rejected:
@@ -480,6 +574,14 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict) -
             rejects.append({"stage": "child", "index": parent["index"], "prompt": child.prompt,
                             "parent": parent["prompt"], "method": child.method, "category": "filtered",
                             "reason": reason})
+        for dropped in step.dropped:
+            parent = estimated[step.selected[dropped["parent_index"]]][0]
+            category, _, reason = dropped["reason"].partition(": ")
+            rejects.append({"stage": "evolver", "index": parent["index"], "prompt": dropped["output"],
+                            "parent": parent["prompt"], "method": dropped["method"], "category": category,
+                            "reason": reason})
+    if creator_llm is not None:
+        counts.update({f"creator_llm/{key}": value for key, value in creator_llm.stats.items()})
     timings["creator_s"] = time.time() - started
 
     write_jsonl(out / "pairs.jsonl", pairs)
@@ -510,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
     policy = Policy(args.actor.model_name_or_path, args.generate_backend, args)
     oracle, pairwise = build_oracles(args)
-    evolver = build_creator_evolver(args, policy)
+    creator_llm = CreatorLLM(args, policy)
+    evolver = build_creator_evolver(args, policy, creator_llm, oracle, pairwise)
     out = Path(args.output_dir)
     shard_dir = out / "shards"
     check_manifest(shard_dir, shard_manifest(args, policy.backend))
@@ -539,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     records = [record for i in range(num_shards) for record in read_records(done[i])]
     if [r["index"] for r in records] != list(range(len(rows))):
         raise RuntimeError(f"{shard_dir}: the shards do not cover the {len(rows)} prompts exactly; delete it")
-    summary = finish(records, args, evolver, counts, timings)
+    summary = finish(records, args, evolver, counts, timings, creator_llm, policy.tokenizer)
     summary["oracle_stats"] = dict(oracle.stats) if oracle is not None else {}
     summary["world_size"] = world_size
     summary["backend"] = policy.backend
@@ -552,6 +655,12 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     print(f"[eva] {c['prompts/in']} prompts: {c['prompts/pairs']} pairs, {c['prompts/ties']} ties, "
           f"{c['prompts/rejected']} rejected; next set {c.get('next/evolved', 0)} evolved + "
           f"{c.get('next/original', 0)} original -> {out}/{{pairs,next_prompts,rejects}}.jsonl, summary.json")
+    if "children/generated" in c:
+        rejected = ", ".join(f"{key.split('/', 1)[1]} {value}" for key, value in c.items()
+                             if key.startswith("filter/") and value)
+        print(f"[eva] children: {c['children/generated']} generated, {c['children/accepted']} accepted; "
+              f"filters rejected: {rejected or 'none'}; evolver outputs without a child: "
+              f"{c.get('evolver/unparsable', 0) + c.get('evolver/missing_items', 0)}")
     return summary
 
 

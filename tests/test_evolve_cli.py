@@ -15,7 +15,15 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 import openrlhf_eva.embedded
-from openrlhf_eva.creator import EVOLVE_METHODS, METRICS, PromptFileError, UnknownNameError, read_prompts, write_jsonl
+from openrlhf_eva.creator import (
+    DEFAULT_FILTERS,
+    EVOLVE_METHODS,
+    METRICS,
+    PromptFileError,
+    UnknownNameError,
+    read_prompts,
+    write_jsonl,
+)
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.model import build_tiny, build_tokenizer
 from openrlhf_eva.embedded.tasks import solve
@@ -167,6 +175,55 @@ def test_evol_instruct_rewrites_with_the_policy_on_reused_estimates(one_rank_run
     assert summary["counts"]["children/generated"] + summary["counts"].get("evolver/unparsable", 0) == 6
     evolved = [r for r in read_jsonl(out / "next_prompts.jsonl") if r["eva_origin"] == "evolved"]
     assert evolved and all(r["eva_method"] in EVOLVE_METHODS and r["label"] is None for r in evolved)
+
+
+def test_llm_evolver_options_feedback_and_the_rewriter_on_reused_estimates(one_rank_run, tiny_model, prompt_file,
+                                                                          tmp_path):
+    """evol_complexity with feedback and two parents per call rewrites with the policy; every output is
+    accounted for (child, filtered child, or evolver reject); --eva.rewrite_chosen keeps both answers."""
+    original, _ = one_rank_run
+    out = tmp_path / "evol"
+    shutil.copytree(original / "shards", out / "shards")
+    summary = main(cli_args(tiny_model, prompt_file, out, "--eva.evolver", "evol_complexity", "--eva.evolve_feedback",
+                            "--eva.evolve_parents", "2", "--eva.evolver_options", '{"methods": ["reasoning"]}',
+                            "--eva.evolutions_per_prompt", "2", "--eva.evolve_max_new_tokens", "6",
+                            "--eva.rewrite_chosen"))
+    counts = summary["counts"]
+    assert counts["shards/estimated_now"] == 0
+    assert counts["evolver/feedback_used"] == 12  # 6 parents x 2 children, each with its rollouts shown
+    filtered = sum(value for key, value in counts.items() if key.startswith("filter/"))
+    assert counts["children/generated"] + counts.get("evolver/unparsable", 0) == 12
+    assert counts["children/generated"] == counts["children/accepted"] + filtered
+    assert {f"filter/{name}" for name in DEFAULT_FILTERS} <= set(counts)
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert sum(r["stage"] == "evolver" for r in rejects) == counts.get("evolver/unparsable", 0)
+    assert sum(r["stage"] == "child" for r in rejects) == filtered
+    assert counts["creator_llm/calls"] == 2 and counts["creator_llm/prompts"] == 12 + counts["prompts/pairs"]
+
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert pairs and sum(value for key, value in counts.items() if key.startswith("rewrite/")) == len(pairs)
+    for pair in pairs:
+        assert pair["chosen_original"][0]["content"] in pair["responses"]
+        if pair["chosen_rewritten"]:
+            assert pair["chosen"] != pair["chosen_original"] and pair["rewrite_kept_reason"] is None
+        else:
+            assert pair["chosen"] == pair["chosen_original"] and pair["rewrite_kept_reason"]
+
+
+def test_tree_bon_scores_candidates_by_informativeness(one_rank_run, tiny_model, prompt_file, tmp_path):
+    """tree_bon's "info" scorer samples the policy on each candidate and scores it with the run's reward."""
+    original, _ = one_rank_run
+    out = tmp_path / "tree"
+    shutil.copytree(original / "shards", out / "shards")
+    summary = main(cli_args(tiny_model, prompt_file, out, "--eva.evolver", "tree_bon", "--eva.evolver_options",
+                            '{"width": 2, "scorer": "info"}', "--eva.evolutions_per_prompt", "1",
+                            "--eva.evolve_max_new_tokens", "6", "--eva.filters", "empty"))
+    counts = summary["counts"]
+    evolved = [r for r in read_jsonl(out / "next_prompts.jsonl") if r["eva_origin"] == "evolved"]
+    assert counts["evolver/children"] == counts["children/generated"] == len(evolved) > 0
+    assert all(r["tree_level"] == 1 and (r["tree_score"] is None or r["tree_score"] >= 0) for r in evolved)
+    losers = [r for r in read_jsonl(out / "rejects.jsonl") if r["stage"] == "evolver" and r["category"] == "tree_bon"]
+    assert len(losers) + counts.get("evolver/base_unparsable", 0) == 6  # 6 parents x (2 candidates - 1 winner)
 
 
 def free_port():
@@ -370,6 +427,10 @@ def test_bad_prompt_rows_name_the_file_and_row(tiny_model, tmp_path, rows, messa
     (["--reward.model_name_or_path", "/nonexistent/rm"], ValueError, "pass one reward"),
     (["--n_samples_per_prompt", "1"], ValueError, "a preference pair needs two responses"),
     (["--eva.sample_fraction", "0"], ValueError, "sample_fraction must be in"),
+    (["--eva.evolve_feedback"], ValueError, "evolver 'task' does not take --eva.evolve_feedback"),
+    (["--eva.filter_options", '{"length": {"min_tokens": 9, "max_tokens": 1}}'], ValueError, "min_tokens <= max"),
+    (["--eva.eval_prompts", "/nonexistent/eval.jsonl"], FileNotFoundError, "/nonexistent/eval.jsonl"),
+    (["--eva.evolver_backend", "openai"], ValueError, "needs --eva.evolver_url and --eva.evolver_model"),
 ])
 def test_bad_flags_fail_before_any_model_runs(tiny_model, prompt_file, tmp_path, extra, error, message):
     with pytest.raises(error, match=message):

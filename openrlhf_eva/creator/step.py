@@ -19,7 +19,7 @@ import torch
 
 from .estimate import informativeness
 from .evolve import Child, Evolver, Parent
-from .filters import apply_filters
+from .filters import DEFAULT_FILTERS, apply_filters
 from .sample import sample_informative
 
 
@@ -33,6 +33,7 @@ class CreatorStep:
     rejected: list[tuple[Child, str]]  # filtered-out children and "<filter>: <reason>"
     next_set: list[dict]  # the mixed prompt set for the next solver round
     counts: Counter = field(default_factory=Counter)  # evolver and filter counters
+    dropped: list[dict] = field(default_factory=list)  # evolver outputs that gave no child (Evolver.dropped)
 
 
 def _metadata(row: dict) -> dict:
@@ -57,12 +58,19 @@ def creator_step(
     evolutions_per_prompt: int = 4,
     evolved_fraction: float = 0.8,
     next_size: int | None = None,
-    filters: Sequence[str] = ("empty", "unchanged", "duplicate"),
+    filters: Sequence[Any] = DEFAULT_FILTERS,
     seed: int = 42,
+    responses: Sequence[Sequence[str]] | None = None,
 ) -> CreatorStep:
-    """Run estimate/sample/evolve/mix on `rows` (dicts with `prompt`, optional `label`) and `rewards` [P, n]."""
+    """Run estimate/sample/evolve/mix on `rows` (dicts with `prompt`, optional `label`) and `rewards` [P, n].
+
+    `filters` are names or built filters (see `filters.apply_filters`). `responses` [P][n], when
+    given, reach the evolver with the rewards (`Parent.responses`), for feedback-aware evolving.
+    """
     if len(rows) != rewards.shape[0]:
         raise ValueError(f"{len(rows)} prompts but rewards for {rewards.shape[0]}")
+    if responses is not None and len(responses) != len(rows):
+        raise ValueError(f"{len(rows)} prompts but responses for {len(responses)}")
     if not 0 < sample_fraction <= 1:
         raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
     if not 0 <= evolved_fraction <= 1:
@@ -79,7 +87,8 @@ def creator_step(
         row = rows[i]
         parents.append(
             Parent(id=i, prompt=row["prompt"], label=row.get("label"), metadata=_metadata(row), info=float(info[i]),
-                   depth=int(row.get("eva_depth", 0)), rewards=rewards[i].tolist())
+                   depth=int(row.get("eva_depth", 0)), rewards=rewards[i].tolist(),
+                   responses=list(responses[i]) if responses is not None else None)
         )
     children = evolver.evolve(parents, evolutions_per_prompt, rng)
     kept, rejected, filter_counts = apply_filters(children, parents, filters, existing=[r["prompt"] for r in rows])
@@ -107,4 +116,4 @@ def creator_step(
         )
     counts.update({"next/evolved": n_evolved, "next/original": n_original})
     return CreatorStep(info=info, selected=selected, children=kept, rejected=rejected, next_set=next_set,
-                       counts=counts)
+                       counts=counts, dropped=list(getattr(evolver, "dropped", [])))

@@ -96,7 +96,8 @@ def test_task_evolver_file_errors(tmp_path):
 
 
 def test_build_evolver_unknown_name():
-    with pytest.raises(UnknownNameError, match="unknown evolver 'evol_magic'; available: evol_instruct, task"):
+    with pytest.raises(UnknownNameError, match="unknown evolver 'evol_magic'; available: distilabel, evol_complexity, evol_instruct, "
+                       "evol_quality, self_instruct, task, tree_bon"):
         build_evolver("evol_magic")
 
 
@@ -227,5 +228,6 @@ def test_apply_filters_custom_and_unknown():
     kept, rejected, counts = apply_filters([child("abcdefg"), child("abcd")], parents, names=["test_too_long"])
     assert [c.prompt for c in kept] == ["abcd"] and rejected[0][1] == "test_too_long: 7 chars"
     assert counts == {"test_too_long": 1}
-    with pytest.raises(UnknownNameError, match="unknown filter 'length'; available: duplicate, empty"):
-        apply_filters([], parents, names=["length"])
+    with pytest.raises(UnknownNameError, match="unknown filter 'toxic'; available: answer, contamination, "
+                       "duplicate, echo, empty"):
+        apply_filters([], parents, names=["toxic"])

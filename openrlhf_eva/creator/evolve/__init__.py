@@ -2,9 +2,12 @@
 
 An evolver is a class registered in ``EVOLVERS`` (``@register_evolver("name")``) whose ``evolve``
 takes a list of ``Parent`` and returns ``Child`` objects, up to ``n`` per parent. Built-ins:
-``task`` (a user's programmatic mutation function, for verifiable domains) and ``evol_instruct``
-(LLM rewriting with meta-prompts). Evolvers keep counters in ``self.stats`` (e.g. unparsable
-outputs, failed calls) for logging.
+``task`` (a user's programmatic mutation function, for verifiable domains) and the LLM evolvers,
+built with ``generate=`` (a batched ``list[str] -> list[str]`` callable, see
+``openrlhf_eva.generation``): ``evol_instruct``, ``evol_complexity``, ``evol_quality``,
+``self_instruct``, ``tree_bon`` and ``distilabel``. Evolvers keep counters in ``self.stats``
+(e.g. unparsable outputs, failed calls) for logging, and the outputs of their last ``evolve`` call
+that gave no child in ``self.dropped`` (with the reason), so a run can write them to its rejects.
 """
 
 from __future__ import annotations
@@ -49,10 +52,17 @@ class Child:
 
 
 class Evolver(ABC):
-    """Base class of evolvers. Subclasses call ``super().__init__()`` to get ``stats``."""
+    """Base class of evolvers. Subclasses call ``super().__init__()`` to get ``stats`` and ``dropped``.
+
+    ``uses_llm`` tells the entry points to build the evolver with ``generate=`` (the creator LLM).
+    """
+
+    uses_llm = False
 
     def __init__(self) -> None:
         self.stats: Counter[str] = Counter()
+        # {"parent_index", "method", "output", "reason"} per output of the last call that gave no child
+        self.dropped: list[dict] = []
 
     @abstractmethod
     def evolve(self, parents: list[Parent], n: int, rng: random.Random) -> list[Child]:
@@ -66,6 +76,12 @@ def build_evolver(name: str, **kwargs: Any) -> Evolver:
 
 # Imported last: the built-ins subclass Evolver and register themselves in EVOLVERS.
 from .evol_instruct import EvolInstructEvolver  # noqa: E402
+from .evol_complexity import EvolComplexityEvolver  # noqa: E402
+from .evol_quality import EvolQualityEvolver  # noqa: E402
+from .self_instruct import SelfInstructEvolver  # noqa: E402
+from .tree_bon import TreeBestOfNEvolver  # noqa: E402
+from .distilabel_adapter import DistilabelEvolver  # noqa: E402
 from .task import TaskEvolver  # noqa: E402
 
-__all__ = ["Child", "EvolInstructEvolver", "Evolver", "Parent", "TaskEvolver", "build_evolver"]
+__all__ = ["Child", "DistilabelEvolver", "EvolComplexityEvolver", "EvolInstructEvolver", "EvolQualityEvolver",
+           "Evolver", "Parent", "SelfInstructEvolver", "TaskEvolver", "TreeBestOfNEvolver", "build_evolver"]
