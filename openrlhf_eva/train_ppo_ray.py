@@ -12,8 +12,11 @@ trains on prompts from eva's prioritized generative buffer (EVA.md, "Online eva"
 - after experience making, each prompt's n rewards give its informativeness (`--eva.metric`,
   default A_avg); the top `--eva.top_frac` of the batch are evolved into `--eva.n_new` children each
   (`--eva.n_new_bootstrap` in bootstrap) with `--eva.evolver`, after the PPO update and the weight
-  sync, so `evol_instruct` rewrites with the current policy through the same vLLM engines;
-- children pass `--eva.filters` and enter the buffer with their parent's informativeness; trained
+  sync, so an LLM evolver (`evol_instruct`, `evol_complexity`, `evol_quality`, `self_instruct`,
+  `tree_bon`, `distilabel`; options in `--eva.evolver_options`, `--eva.evolve_parents`) rewrites
+  with the current policy through the same vLLM engines;
+- children pass `--eva.filters` (`--eva.filter_options`, `--eva.eval_prompts`) and enter the
+  buffer with their parent's informativeness; trained
   buffer prompts are popped, and pushes evict the oldest beyond `--eva.buffer_size`;
 - the run trains on `--eva.total_prompts` prompts (0: as many as there are seeds, the paper's
   "1x"), in whole rollout batches, and `max_steps` (the LR schedule) is sized from that budget
@@ -26,26 +29,27 @@ buffer_size, children_generated / children_accepted, rejected_<filter>, ...), pl
 the node running the trainer actor. Seed prompts are upstream's own `PromptDataset` items (same
 templating, labels, datasources); the evolver rewrites their raw text.
 
-Seams in OpenRLHF 0.11.2, each with the upstream patch that would make it official:
+Seams in OpenRLHF 0.11.2, each with the upstream patch that makes it official; where the installed
+OpenRLHF has the patch (`openrlhf_eva.compat.seams`), the official seam is used instead:
 - cli/train_ppo_ray.py:148 `train()` imports `PPOTrainer` from `openrlhf.trainer.ppo_trainer` when
-  it runs; `main()` installs `EvaPPOTrainer` there for the run
-  (patches/0005-ppo-selectable-trainer-class.patch).
+  it runs; `main()` installs `EvaPPOTrainer` there for the run. Patched: `train(args,
+  trainer_cls=EvaPPOTrainer)` (patches/0005-ppo-selectable-trainer-class.patch, with 0003).
 - trainer/ppo_trainer.py:477-487 builds one prompts dataloader and hands it to `fit()` (len,
   state_dict) and to `SamplesGenerator` (batches); `EvaPPOTrainer.__init__` replaces both
   references with `EvaPromptLoader`, which yields the dataloader's `(datasources, prompts, labels,
-  images)` items (patches/0004-ppo-pluggable-prompt-source.patch).
+  images)` items. Patched: `self.set_prompt_source(loader)` (patches/0004-ppo-pluggable-prompt-source.patch).
 - trainer/ppo_trainer.py:72-78 sizes `max_steps` from `len(prompts_dataset)`; `EvaPPOTrainer` uses
-  the prompt budget in the same formula (0004 would ask the prompt source for its length).
+  the prompt budget in the same formula. Patched (0004): upstream takes it from `len(loader)`.
 - trainer/ppo_trainer.py:227 `_compute_rollout_stats(experiences)` is the first trainer method that
-  sees the whole batch of Experiences; the override reads per-prompt rewards there (0004 adds an
-  explicit `prompt_source.observe(experiences)` call at that line).
+  sees the whole batch of Experiences; the override reads per-prompt rewards there.
 - trainer/ppo_trainer.py:213-264 `train_step`: the override evolves after upstream's step returns.
 
 Limits: the synchronous trainer only (`--train.async_enable` is refused), one rollout batch per
 vLLM call and no dynamic filtering (the source is told each batch's rewards before it draws the
 next); `--train.num_episodes` must stay 1 (the budget sets the run's length); children are
 single-turn text prompts without images; LLM-evolved children have no label (use `--eva.evolver
-task` for verifiable rewards).
+task` for verifiable rewards); `--eva.evolve_feedback` is refused, since the per-prompt responses
+are not gathered from the Experiences yet (only rewards are).
 """
 
 from __future__ import annotations
@@ -69,10 +73,9 @@ from openrlhf.trainer.ray.vllm_engine import batch_vllm_engine_call
 from openrlhf.utils.logging_utils import init_logger
 
 from openrlhf_eva.creator import (
+    DEFAULT_FILTERS,
     EVOLVERS,
-    FILTERS,
     METRICS,
-    EvolInstructEvolver,
     OnlineSchedule,
     PluginError,
     PromptBuffer,
@@ -80,6 +83,8 @@ from openrlhf_eva.creator import (
     build_evolver,
     load_plugin,
 )
+from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
+from openrlhf_eva.compat import seams
 from openrlhf_eva.creator.online import OnlinePromptSource
 from openrlhf_eva.upstream import run_upstream_cli
 
@@ -100,10 +105,12 @@ def add_eva_flags(parser: argparse.ArgumentParser) -> None:
     add("--eva.total_prompts", type=int, default=0,
         help="prompts the run trains on, seeds and evolved (0: the number of seed prompts); sizes max_steps")
     add("--eva.evolver", default="evol_instruct",
-        help="evol_instruct (rewrites with the policy's vLLM engines) | task | a registered evolver")
+        help="evol_instruct | evol_complexity | evol_quality | self_instruct | tree_bon | distilabel (LLM evolvers, "
+             "on the policy's vLLM engines) | task | a registered evolver")
     add("--eva.evolver_path", default=None, help="the task evolver's Python file with evolve(prompt, label, rng)")
-    add("--eva.evolve_max_new_tokens", type=int, default=512, help="token limit of one evol_instruct rewrite")
-    add("--eva.filters", nargs="*", default=["empty", "unchanged", "duplicate"], help="filters children must pass")
+    add("--eva.evolve_max_new_tokens", type=int, default=512, help="token limit of one LLM evolver reply")
+    add("--eva.filters", nargs="*", default=list(DEFAULT_FILTERS), help="filters children must pass")
+    add_creator_flags(add)
     add("--eva.plugin", action="append", default=[], help="Python file registering metrics/evolvers/filters")
 
 
@@ -123,11 +130,14 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> None:
             load_plugin(path)
         METRICS.get(flags["eva.metric"])
         EVOLVERS.get(flags["eva.evolver"])
-        for name in flags["eva.filters"]:
-            FILTERS.get(name)
+        eva = argparse.Namespace(**{key[4:]: value for key, value in flags.items() if key.startswith("eva.")})
+        if eva.evolve_feedback:
+            raise ValueError("--eva.evolve_feedback is not available in the Ray path yet; see this module's Limits")
+        evolver_options(eva)
+        build_creator_filters(eva)
         OnlineSchedule(PromptBuffer(flags["eva.buffer_size"]), flags["eva.top_frac"], flags["eva.n_new"],
                        flags["eva.n_new_bootstrap"], flags["eva.ratio_evol"])
-    except (ValueError, PluginError) as error:  # UnknownNameError is a ValueError
+    except (ValueError, OSError, PluginError) as error:  # UnknownNameError is a ValueError; OSError: eval files
         parser.error(f"--eva.*: {error}")
     if flags["rollout.n_samples_per_prompt"] < 2:
         parser.error("--eva.enable needs --rollout.n_samples_per_prompt >= 2: informativeness compares a "
@@ -145,8 +155,8 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--eva.total_prompts must be >= 0, got {flags['eva.total_prompts']}")
     if flags["eva.evolver"] == "task" and not flags["eva.evolver_path"]:
         parser.error("--eva.evolver task needs --eva.evolver_path (a file defining evolve(prompt, label, rng))")
-    if flags["eva.evolver"] == "evol_instruct" and not flags["vllm.num_engines"]:
-        parser.error("--eva.evolver evol_instruct rewrites with the vLLM engines: set --vllm.num_engines")
+    if getattr(EVOLVERS.get(flags["eva.evolver"]), "uses_llm", False) and not flags["vllm.num_engines"]:
+        parser.error(f"--eva.evolver {flags['eva.evolver']} rewrites with the vLLM engines: set --vllm.num_engines")
     if flags["eva.evolve_max_new_tokens"] < 1:
         parser.error("--eva.evolve_max_new_tokens must be >= 1")
 
@@ -218,9 +228,10 @@ def vllm_generate(engines: list, tokenizer, args) -> Callable[[list[str]], list[
 def build_online_evolver(args, engines: list, tokenizer):
     if args.eva.evolver == "task":
         return TaskEvolver(args.eva.evolver_path)
-    if args.eva.evolver == "evol_instruct":
-        return EvolInstructEvolver(vllm_generate(engines, tokenizer, args))
-    return build_evolver(args.eva.evolver)
+    options = evolver_options(args.eva)
+    if getattr(EVOLVERS.get(args.eva.evolver), "uses_llm", False):
+        return build_evolver(args.eva.evolver, generate=vllm_generate(engines, tokenizer, args), **options)
+    return build_evolver(args.eva.evolver, **options)
 
 
 def prompt_rewards(experiences: Sequence, n_samples_per_prompt: int) -> list[tuple[str, list[float]]]:
@@ -323,16 +334,19 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
             seeds, args.rollout.batch_size, build_online_evolver(args, self.vllm_engines, self.tokenizer),
             total_prompts=eva.total_prompts or None, capacity=eva.buffer_size, top_frac=eva.top_frac,
             n_new=eva.n_new, n_new_bootstrap=eva.n_new_bootstrap, ratio_evol=eva.ratio_evol, metric=eva.metric,
-            filters=eva.filters, seed=args.train.seed,
+            filters=build_creator_filters(eva, self.tokenizer, args.data.max_len), seed=args.train.seed,
         )
         templated = functools.partial(format_prompt, args=args, tokenizer=self.tokenizer)
         self.eva_loader = EvaPromptLoader(source, templated, args.rollout.n_samples_per_prompt)
         self.eva_rewards: list[tuple[str, list[float]]] = []
-        # ppo_trainer.py:477-487: fit() and SamplesGenerator each hold the prompts dataloader.
-        self.prompts_dataloader = self.samples_generator.prompts_dataloader = self.eva_loader
-        # ppo_trainer.py:72-78 with the prompt budget for len(prompts_dataset); episodes are 1.
-        num_samples = len(self.eva_loader) * args.rollout.n_samples_per_prompt
-        self.max_steps = num_samples // args.train.batch_size * args.train.max_epochs
+        if seams.ppo_prompt_source(type(self)):  # patches/0004: max_steps then follows len(eva_loader)
+            self.set_prompt_source(self.eva_loader)
+        else:
+            # ppo_trainer.py:477-487: fit() and SamplesGenerator each hold the prompts dataloader.
+            self.prompts_dataloader = self.samples_generator.prompts_dataloader = self.eva_loader
+            # ppo_trainer.py:72-78 with the prompt budget for len(prompts_dataset); episodes are 1.
+            num_samples = len(self.eva_loader) * args.rollout.n_samples_per_prompt
+            self.max_steps = num_samples // args.train.batch_size * args.train.max_epochs
 
     def _compute_rollout_stats(self, experiences) -> dict:
         # ppo_trainer.py:227: the whole batch, before dynamic-batch balancing splits it over ranks.
@@ -360,7 +374,8 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run upstream train_ppo_ray with `argv` (default: sys.argv[1:]); `--eva.enable` installs EvaPPOTrainer."""
-    parsed = {}
+    parsed, train_kwargs = {}, {}
+    trainer_cls_seam = seams.ppo_trainer_cls(seams.cli_with_build_parser("openrlhf.cli.train_ppo_ray"))
     with contextlib.ExitStack() as installed:
 
         def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -369,14 +384,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         def prepare(args: argparse.Namespace) -> None:
             resolve_eva_flags(vars(args), parsed["parser"])
-            if getattr(args, "eva.enable"):
-                # train() imports PPOTrainer from this module when it runs (train_ppo_ray.py:148).
-                installed.enter_context(
-                    mock.patch.object(openrlhf.trainer.ppo_trainer, "PPOTrainer", EvaPPOTrainer)
-                )
+            if not getattr(args, "eva.enable"):
+                return
+            if trainer_cls_seam:  # patches/0005
+                train_kwargs["trainer_cls"] = EvaPPOTrainer
+            else:  # train() imports PPOTrainer from this module when it runs (train_ppo_ray.py:148).
+                installed.enter_context(mock.patch.object(openrlhf.trainer.ppo_trainer, "PPOTrainer", EvaPPOTrainer))
 
         run_upstream_cli("openrlhf.cli.train_ppo_ray", argv, add_flags=add_flags, prepare=prepare,
-                         prog="openrlhf_eva.train_ppo_ray", single_process_env=False)
+                         prog="openrlhf_eva.train_ppo_ray", single_process_env=False, train_kwargs=train_kwargs)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""openrlhf_eva.compat: OpenRLHF's DPO stack imports and a 2-rank gloo DeepSpeed strategy runs on CPU."""
+"""openrlhf_eva.compat: OpenRLHF's DPO stack imports and a 2-rank gloo DeepSpeed strategy runs on CPU.
 
+With OpenRLHF 0.11.2 as released that takes the flash_attn stand-in and the CUDA guards; with the
+upstream patches (patches/0001, 0002) it takes neither, and compat must install neither.
+"""
+
+import importlib.util
 import os
 import socket
 import subprocess
@@ -10,9 +15,41 @@ import pytest
 import torch
 
 import openrlhf_eva
-from openrlhf_eva.compat import flash_attn_standin
+from openrlhf_eva.compat import flash_attn_standin, seams
+
+PATCHED = seams.flash_attn_optional()  # patches/0001 and 0002 go together in this suite
+# Our stand-in, once registered, is what find_spec("flash_attn") finds.
+STANDIN = getattr(sys.modules.get("flash_attn"), flash_attn_standin.STANDIN_ATTR, False)
+NO_FLASH_ATTN = STANDIN or importlib.util.find_spec("flash_attn") is None
 
 
+def test_each_replacement_only_where_installed_openrlhf_needs_it():
+    assert seams.device_agnostic_strategy() is PATCHED
+    assert openrlhf_eva.compat.status() == {
+        "flash_attn_standin": not PATCHED and NO_FLASH_ATTN,
+        "cuda_guards": not PATCHED and not torch.cuda.is_available(),
+    }
+
+
+def test_official_seams_come_with_the_series():
+    # OpenRLHF as released has none of them; with patches/ applied (tests/test_patches.py) every one.
+    train_dpo = seams.cli_with_build_parser("openrlhf.cli.train_dpo")
+    found = {
+        "0003 build_parser": train_dpo is not None,
+        "0006 loss_type": train_dpo is not None and seams.dpo_reference_free(train_dpo.build_parser()),
+    }
+    assert found == dict.fromkeys(found, PATCHED)
+
+
+@pytest.mark.skipif(not PATCHED or not NO_FLASH_ATTN, reason="needs patched OpenRLHF and no flash_attn")
+def test_patched_openrlhf_imports_without_standin_or_guards():
+    import openrlhf.models  # noqa: F401
+
+    assert "flash_attn" not in sys.modules
+    assert torch.cuda.set_device.__module__ == "torch.cuda"
+
+
+@pytest.mark.skipif(PATCHED or not NO_FLASH_ATTN, reason="the stand-in is registered only for a missing flash_attn")
 def test_standin_registered_only_because_flash_attn_is_missing():
     status = openrlhf_eva.compat.status()
     assert status["flash_attn_standin"] is True
@@ -29,7 +66,9 @@ def test_standin_registered_only_because_flash_attn_is_missing():
 
 
 def test_unpad_pad_round_trip_and_gradients():
-    from flash_attn.bert_padding import index_first_axis, pad_input, rearrange, unpad_input
+    from einops import rearrange
+
+    from openrlhf_eva.compat.flash_attn_standin import index_first_axis, pad_input, unpad_input
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
     x = torch.randn(3, 4, 5, requires_grad=True)

@@ -12,6 +12,7 @@ buffer, schedule, metrics and the embedded task evolver and reward_func.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -30,6 +31,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from openrlhf_eva.compat import seams
 from openrlhf_eva.creator import TaskEvolver
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.model import CHAT_TEMPLATE
@@ -45,7 +47,8 @@ EVOLVE_FUNC = str(EMBEDDED / "evolve_func.py")
 EVA_FLAGS = {
     "--eva.enable", "--eva.metric", "--eva.buffer_size", "--eva.top_frac", "--eva.n_new",
     "--eva.n_new_bootstrap", "--eva.ratio_evol", "--eva.total_prompts", "--eva.evolver", "--eva.evolver_path",
-    "--eva.evolve_max_new_tokens", "--eva.filters", "--eva.plugin",
+    "--eva.evolve_max_new_tokens", "--eva.filters", "--eva.plugin", "--eva.evolver_options", "--eva.evolve_feedback",
+    "--eva.evolve_parents", "--eva.filter_options", "--eva.eval_prompts",
 }
 # Modules that import vllm at top, directly or through one that does; dropped after this file.
 VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli.train_ppo_ray",
@@ -140,16 +143,30 @@ class StopBeforeLaunch(Exception):
 
 def upstream_train_args(fakes, argv):
     """Run `main(argv)` through upstream's parser and checks into `train()`, stopping at its first step
-    (`get_strategy`, train_ppo_ray.py:35). Returns (args, the trainer class `train()` would build)."""
+    (`get_strategy`, train_ppo_ray.py:35). Returns (args, the trainer class `train()` would build):
+    its `trainer_cls` argument where upstream has that seam (patches/0005), else the PPOTrainer it
+    imports when it runs (train_ppo_ray.py:148)."""
     seen = {}
 
     def get_strategy(args):
         seen["args"] = args
-        seen["trainer"] = sys.modules["openrlhf.trainer.ppo_trainer"].PPOTrainer  # train_ppo_ray.py:148
+        seen["trainer"] = seen.get("trainer_cls") or sys.modules["openrlhf.trainer.ppo_trainer"].PPOTrainer
         raise StopBeforeLaunch
 
-    with mock.patch("openrlhf.utils.get_strategy", get_strategy), pytest.raises(StopBeforeLaunch):
-        fakes.eva_ppo.main(argv)
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch("openrlhf.utils.get_strategy", get_strategy))
+        cli = seams.cli_with_build_parser("openrlhf.cli.train_ppo_ray")
+        if cli is not None:  # patches/0003: train() runs from the imported module, with its own names
+            upstream_train = cli.train
+
+            def train(args, **kwargs):
+                seen["trainer_cls"] = kwargs.get("trainer_cls")
+                return upstream_train(args, **kwargs)
+
+            patches.enter_context(mock.patch.object(cli, "get_strategy", get_strategy))
+            patches.enter_context(mock.patch.object(cli, "train", train))
+        with pytest.raises(StopBeforeLaunch):
+            fakes.eva_ppo.main(argv)
     return seen["args"], seen["trainer"]
 
 
@@ -171,6 +188,15 @@ def test_upstream_ray_path_imports_with_fake_vllm(fakes):
     assert vllm_engine.vllm.AsyncLLMEngine is fakes.vllm.FakeAsyncLLMEngine
     eva_class = fakes.eva_ppo.EvaPPOTrainer.__ray_actor_class__
     assert issubclass(eva_class, fakes.upstream_trainer.__ray_actor_class__)
+
+
+def test_official_ppo_seams_come_with_the_series(fakes):
+    # OpenRLHF as released has none of them; with patches/ applied (tests/test_patches.py) every one.
+    patched = seams.flash_attn_optional()
+    cli = seams.cli_with_build_parser("openrlhf.cli.train_ppo_ray")
+    assert (cli is not None) is patched
+    assert seams.ppo_trainer_cls(cli) is patched
+    assert seams.ppo_prompt_source(fakes.eva_ppo.EvaPPOTrainer.__ray_actor_class__) is patched
 
 
 def test_help_lists_every_upstream_flag_and_the_eva_flags(fakes, capsys):
@@ -221,6 +247,12 @@ def test_train_builds_the_eva_trainer_only_with_eva_enable(fakes, run_files):
         (["--eva.ratio_evol", "1.5"], "ratio_evol must be in [0, 1]"),
         (["--eva.evolver", "task", "--eva.evolver_path", ""], "needs --eva.evolver_path"),
         (["--eva.evolver", "evol_instruct", "--vllm.num_engines", "0"], "set --vllm.num_engines"),
+        (["--eva.evolver", "self_instruct", "--vllm.num_engines", "0"], "self_instruct rewrites with the vLLM"),
+        (["--eva.evolve_feedback"], "not available in the Ray path yet"),
+        (["--eva.evolver", "task", "--eva.evolver_path", EVOLVE_FUNC, "--eva.evolve_parents", "2"],
+         "does not take --eva.evolve_parents"),
+        (["--eva.evolver_options", "{not json"], "invalid JSON object value"),
+        (["--eva.eval_prompts", "/nonexistent/eval.jsonl"], "/nonexistent/eval.jsonl"),
     ],
 )
 def test_eva_flags_are_checked_before_ray_starts(fakes, run_files, capsys, extra, message):
@@ -529,3 +561,32 @@ def test_evol_instruct_rewrites_through_sleeping_vllm_engines(fakes, run_files, 
     assert methods == ["sleep", "wake_up", "wake_up", "generate", "generate", "generate", "generate", "sleep"]
     meta_prompts = [text for method, text in calls if method == "generate"]
     assert all(text.startswith(vocab.USER) and text.endswith(vocab.ASSISTANT) for text in meta_prompts)
+
+
+def test_any_llm_evolver_runs_on_the_vllm_engines_with_its_options(fakes, run_files, monkeypatch):
+    """tree_bon over evol_complexity, options from --eva.evolver_options, writes through the engines."""
+    from openrlhf.utils import get_tokenizer
+
+    from openrlhf_eva.creator import Parent
+
+    args, _ = upstream_train_args(fakes, base_argv(
+        run_files, "--eva.enable", "--eva.evolver", "tree_bon", "--data.max_len", "4096", "--vllm.num_engines", "1",
+        "--eva.evolver_options", '{"base": "evol_complexity", "width": 2, "scorer": "length"}',
+        "--eva.evolve_parents", "2"))
+
+    def rewriter(text, sampling_params, request_number):
+        return "Rewritten prompt: " + "longer " * (request_number % 2 + 1) + "prompt"
+
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "respond", staticmethod(rewriter))
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "calls", [])
+    engines = fake_vllm_engines(fakes, args, 1)
+    tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", None)
+    evolver = fakes.eva_ppo.build_online_evolver(args, engines, tokenizer)
+    assert type(evolver).__name__ == "TreeBestOfNEvolver" and evolver.width == 2
+    assert evolver.base.parents_per_call == 2
+
+    children = evolver.evolve([Parent(id=None, prompt="copy 4721"), Parent(id=3, prompt="rev 12")], 1,
+                              random.Random(0))
+    assert [child.prompt for child in children] == ["longer longer prompt"] * 2
+    sent = [text for method, text in fakes.vllm.FakeAsyncLLMEngine.calls if method == "generate"]
+    assert len(sent) == 4 and all("copy 4721" in text and "rev 12" in text for text in sent)

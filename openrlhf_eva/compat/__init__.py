@@ -1,7 +1,8 @@
 """Make OpenRLHF 0.11.2 importable and runnable without flash_attn or CUDA.
 
 `install()` runs when `openrlhf_eva` is imported. It never imports openrlhf itself and
-replaces nothing on a machine that has flash_attn and CUDA. `status()` reports what was
+replaces nothing on a machine that has flash_attn and CUDA, nor where the installed OpenRLHF
+carries the upstream fix (patches/0001, patches/0002; see `seams`). `status()` reports what was
 replaced, for logs and bug reports.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-from . import cuda_guards, flash_attn_standin
+from . import cuda_guards, flash_attn_standin, seams
 
 _STATUS: dict[str, bool] = {}
 
@@ -18,8 +19,8 @@ _STATUS: dict[str, bool] = {}
 def install() -> dict[str, bool]:
     """Apply the flash_attn stand-in and the CUDA guards where needed (idempotent)."""
     if not _STATUS:
-        _STATUS["flash_attn_standin"] = flash_attn_standin.install()
-        _STATUS["cuda_guards"] = cuda_guards.install()
+        _STATUS["flash_attn_standin"] = not seams.flash_attn_optional() and flash_attn_standin.install()
+        _STATUS["cuda_guards"] = not seams.device_agnostic_strategy() and cuda_guards.install()
     return dict(_STATUS)
 
 

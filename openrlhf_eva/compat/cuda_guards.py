@@ -2,8 +2,9 @@
 
 Applied only when `torch.cuda.is_available()` is False: on such a machine each of these
 calls raises, so replacing them changes nothing that used to work. On a CUDA machine
-nothing is touched. Upstream patch: patches/0002-strategy-device-agnostic-calls.patch,
-after which OpenRLHF asks DeepSpeed's accelerator for the device and these go away.
+nothing is touched. Upstream patch: patches/0002-strategy-make-device-calls-device-agnostic.patch,
+after which OpenRLHF asks DeepSpeed's accelerator for the device; `compat.install()` then skips
+these guards (`seams.device_agnostic_strategy`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 `flash_attn.utils.distributed` at module top, so without flash_attn nothing under
 `openrlhf.models` (Actor, DPOTrainer, train_dpo) imports. Only `index_first_axis`,
 `pad_input`, `unpad_input`, `rearrange` and `all_gather` are used (sample packing and
-ring attention). Upstream patch: patches/0001-models-make-flash_attn-imports-optional.patch.
+ring attention). Upstream patch: patches/0001-models-make-flash_attn-imports-optional.patch;
+where the installed OpenRLHF has it, `compat.install()` registers no stand-in
+(`seams.flash_attn_optional`).
 
 Deliberately absent: `flash_attn.ops`. `openrlhf/models/utils.py::log_probs_from_logits`
 does `try: from flash_attn.ops.triton.cross_entropy import ...` and must keep getting an

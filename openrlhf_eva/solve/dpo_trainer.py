@@ -7,7 +7,8 @@
 * `PreferenceDataset`: `RewardDataset` that drops pairs whose chosen == rejected and, for SPPO,
   carries each pair's win probabilities to the trainer.
 * `SkippedReference`: what upstream `train()` gets instead of a reference `Actor` when the loss is
-  reference-free (simpo, orpo), so no second model is loaded, wrapped or run.
+  reference-free (simpo, orpo), so no second model is loaded, wrapped or run. Not needed where
+  upstream has `--model.loss_type` (patches/0006): its `train()` then builds no reference at all.
 
 Everything is configured by the resolved `args.eva` namespace (see `openrlhf_eva.train_dpo`).
 """
