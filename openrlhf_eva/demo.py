@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import openrlhf_eva.embedded as embedded
+from openrlhf_eva import compat
 from openrlhf_eva.creator import PAPER_METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
 from openrlhf_eva.embedded.data import make_seeds, make_test_set
@@ -211,7 +212,8 @@ def online_runs(args, out: Path, model_dir: Path, seeds: list[dict], before: dic
             print(f"[eva] online RLOO, {arm} prompts (log: {online_dir / arm / 'train.log'})", flush=True)
             (online_dir / arm).mkdir(parents=True, exist_ok=True)
             with open(online_dir / arm / "train.log", "w") as log:
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                  env=compat.child_process_env()).returncode != 0:
                     raise RuntimeError(f"train_rloo ({arm}) failed; see {online_dir / arm / 'train.log'}")
             stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
         results[f"RLOO on {arm} prompts"] = stage.record()

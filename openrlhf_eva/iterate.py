@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from openrlhf_eva import compat
 from openrlhf_eva import evolve
 from openrlhf_eva.creator import read_prompts
 
@@ -110,7 +111,7 @@ def run_dpo(stage: Stage, policy: str, pairs: Path, dpo_args: list[str], launche
     stage.path.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         print(f"[eva] {' '.join(shlex.quote(c) for c in cmd)}\n      (log: {log_path})", flush=True)
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=compat.child_process_env()).returncode
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"train_dpo failed with exit code {code}; last lines of {log_path}:\n{tail}")

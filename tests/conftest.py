@@ -25,3 +25,10 @@ def warm_tiny_model(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("warm")
     return out, warm_start(out, WarmStartConfig(seed=0, sft_samples=256, epochs=1), verbose=False)
+
+
+# Hypothesis draws the same examples on every run: a red CI must be reproducible, never a dice roll.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("eva", derandomize=True, deadline=None)
+settings.load_profile("eva")

@@ -43,3 +43,15 @@ def default_single_process_env() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_process_env() -> dict[str, str]:
+    """This process's environment without its rendezvous variables, for a fresh training subprocess.
+
+    A parent that ran a one-rank DeepSpeed job in-process still listens on its MASTER_PORT; a child
+    inheriting it fails with EADDRINUSE. Without them the child picks its own (see above).
+    """
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}

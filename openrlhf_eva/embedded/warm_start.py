@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from openrlhf_eva import compat
 from openrlhf_eva.creator.data import write_jsonl
 from openrlhf_eva.embedded.data import make_sft_data, make_test_set
 from openrlhf_eva.embedded.model import build_tiny
@@ -50,7 +51,7 @@ def _run_with_progress(cmd: list[str], log_path: Path, label: str) -> None:
     """Run `cmd` with its output in `log_path`; show upstream's step counter on one line."""
     step = re.compile(rb"Train step of epoch (\d+):\s+\d+%\|[^|]*\| (\d+)/(\d+)")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=compat.child_process_env())
         shown = None
         while proc.poll() is None:
             time.sleep(1.0)
