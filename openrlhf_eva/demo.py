@@ -183,6 +183,16 @@ def main(argv: list[str] | None = None) -> None:
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 
+def print_held_out(setting: str, results: dict[str, dict]) -> None:
+    """One row per policy: greedy held-out reward (exact-match share) per split."""
+    splits = ["in_dist", "harder", "new_kind", "all"]
+    print_table(
+        f"Held-out greedy reward (exact-match share): {setting}",
+        ["policy", *splits],
+        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
+    )
+
+
 def online_runs(args, out: Path, model_dir: Path, seeds: list[dict], before: dict) -> None:
     """Online RLOO from theta_0 with a static prompt set vs with eva's buffer, same budget and rollouts.
 
@@ -217,13 +227,8 @@ def online_runs(args, out: Path, model_dir: Path, seeds: list[dict], before: dic
                     raise RuntimeError(f"train_rloo ({arm}) failed; see {online_dir / arm / 'train.log'}")
             stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
         results[f"RLOO on {arm} prompts"] = stage.record()
-    splits = ["in_dist", "harder", "new_kind", "all"]
-    print_table(
-        f"Held-out greedy reward (exact-match share): online RLOO from theta_0, {args.rloo_episodes}x "
-        f"{len(seeds)} prompts x 4 samples each",
-        ["policy", *splits],
-        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
-    )
+    print_held_out(f"online RLOO from theta_0, {args.rloo_episodes}x {len(seeds)} prompts x 4 samples each",
+                   results)
     (online_dir / "results.json").write_text(json.dumps({"held_out": results}, indent=2) + "\n")
 
 
@@ -257,13 +262,7 @@ def solver_rounds(args, out: Path, model_dir: Path, seeds: list[dict], evolved_s
             stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
         results[f"DPO on {arm} prompts"] = stage.record()
 
-    splits = ["in_dist", "harder", "new_kind", "all"]
-    print_table(
-        f"Held-out greedy reward (exact-match share): one DPO round from theta_0 on {len(seeds)} prompts, "
-        f"{num_pairs} pairs each",
-        ["policy", *splits],
-        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
-    )
+    print_held_out(f"one DPO round from theta_0 on {len(seeds)} prompts, {num_pairs} pairs each", results)
     (solver_dir / "results.json").write_text(json.dumps(
         {"num_prompts": len(seeds), "num_pairs": num_pairs, "held_out": results,
          "pairs": {arm: p["counts"] for arm, p in pairs.items()}}, indent=2) + "\n")
