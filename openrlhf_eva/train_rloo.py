@@ -28,6 +28,7 @@ listed is rejected by argparse rather than silently ignored. eva's own flags are
                                   itself, or by the creator model --eva.evolver_model), or a
                                   plugin's evolver
     --eva.metric                  informativeness from the batch's own rewards (default A_avg)
+    --eva.sample_mode             buffer draws: weighted by info (default), greedy, uniform
     --eva.buffer_size / --eva.top_frac / --eva.n_new / --eva.n_new_bootstrap / --eva.ratio_evol
                                   the paper's online defaults: 3200 / 0.5 / 4 / 2 / 0.5
     --eva.total_prompts           prompt budget: a count or "Nx" (N times the seed set; default
@@ -39,7 +40,8 @@ listed is rejected by argparse rather than silently ignored. eva's own flags are
                                   as in openrlhf_eva.evolve
 
 Outputs: the HF model in --ckpt.output_dir, plus `eva_metrics.jsonl` (one line per step) and
-`eva_buffer.jsonl` (the final buffer, with lineage). DeepSpeed checkpoints (model, optimizer,
+`eva_buffer.jsonl` (the final buffer, with lineage) and `eva_children.jsonl` (every evolved child
+with its parent, the parent's rewards and the filters' verdict). DeepSpeed checkpoints (model, optimizer,
 scheduler) go to --ckpt.path/_actor every --ckpt.save_steps; their client state carries the prompt
 source (buffer, data position, counters), the KL coefficient and every rank's RNG states, so
 --ckpt.load_enable resumes exactly where the checkpoint was taken.
@@ -71,6 +73,7 @@ from openrlhf_eva.upstream import cpu_friendly_defaults
 
 METRICS_FILE = "eva_metrics.jsonl"
 BUFFER_FILE = "eva_buffer.jsonl"
+CHILDREN_FILE = "eva_children.jsonl"
 
 
 class CreatorLoadError(RuntimeError):
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.evolver_model", default=None, help="evol_instruct's creator model (default: the current policy)")
     add("--eva.evolve_max_new_tokens", type=int, default=512)
     add("--eva.metric", default="A_avg")
+    add("--eva.sample_mode", default="weighted", help="how buffer prompts are drawn: weighted by info (the paper), "
+        "greedy (the most informative), uniform, or a registered sampler")
     add("--eva.buffer_size", type=int, default=3200)
     add("--eva.top_frac", type=float, default=0.5)
     add("--eva.n_new", type=int, default=4)
@@ -297,8 +302,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1009 + rank
 
 
-def keep_metrics_up_to(path: str, last_step: int) -> None:
-    """On resume, drop metric lines of steps the checkpoint does not contain (they will be rerun)."""
+def keep_lines_up_to(path: str, last_step: int) -> None:
+    """On resume, drop JSONL lines of steps the checkpoint does not contain (they will be rerun)."""
     if not os.path.exists(path):
         return
     with open(path) as file:
@@ -367,7 +372,7 @@ class OnlineTrainer:
             total_prompts=total_prompts(args.eva.total_prompts, len(seeds)),
             num_episodes=args.train.num_episodes, capacity=args.eva.buffer_size, top_frac=args.eva.top_frac,
             n_new=args.eva.n_new, n_new_bootstrap=args.eva.n_new_bootstrap, ratio_evol=args.eva.ratio_evol,
-            metric=args.eva.metric, filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len),
+            metric=args.eva.metric, sample_mode=args.eva.sample_mode, filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len),
             seed=args.train.seed, rank=self.rank,
             world_size=self.world_size, all_gather_object=self.all_gather_object)
         # Optimizer steps per rollout batch are fixed, so the prompt budget sizes the schedule exactly.
@@ -385,6 +390,7 @@ class OnlineTrainer:
         self.dpo_loss = PreferenceLoss("dpo", beta=args.eva.beta) if self.solver == "online_dpo" else None
         self.ckpt_dir = os.path.join(args.ckpt.path, "_actor")
         self.metrics_path = os.path.join(args.ckpt.output_dir, METRICS_FILE)
+        self.children_path = os.path.join(args.ckpt.output_dir, CHILDREN_FILE)
         self.trackers = []
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -497,6 +503,9 @@ class OnlineTrainer:
             return
         with open(self.metrics_path, "a") as file:
             file.write(json.dumps(metrics) + "\n")
+        if self.source.last_children:  # every evolved child, kept or rejected (with the filter's reason)
+            with open(self.children_path, "a") as file:
+                file.writelines(json.dumps(row, default=str) + "\n" for row in self.source.last_children)
         if metrics["step"] % self.args.logger.logging_steps == 0:
             print(_console_line(metrics, self.source.num_batches), flush=True)
             numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
@@ -510,7 +519,8 @@ class OnlineTrainer:
         step = self.resume()
         if strategy.is_rank_0():
             os.makedirs(args.ckpt.output_dir, exist_ok=True)
-            keep_metrics_up_to(self.metrics_path, step)  # a fresh run (step 0) starts an empty file
+            for path in (self.metrics_path, self.children_path):
+                keep_lines_up_to(path, step)  # a fresh run (step 0) starts empty files
             self.trackers += [WandbLogger(args)] if args.logger.wandb.key else []
             self.trackers += [TensorboardLogger(args)] if args.logger.tensorboard_dir else []
         strategy.print(f"train_rloo: {self.source.num_batches} rollout batches of {args.rollout.batch_size} prompts "

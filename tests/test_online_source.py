@@ -211,3 +211,37 @@ def test_two_ranks_share_the_evolving_and_end_with_the_buffer_of_one_rank():
         assert m0["eva/parents_per_rank"] == [2, 2]  # 4 parents, split, not repeated
         assert m0["eva/children_accepted"] == m1["eva/children_accepted"] == m["eva/children_accepted"]
     assert math.isclose(sources[0].buffer.total_info, single.buffer.total_info)
+
+
+def test_greedy_buffer_draws_take_the_most_informative_entries_and_uniform_ignores_info():
+    greedy = OnlinePromptSource(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16, sample_mode="greedy")
+    checked = 0
+    for step in range(1, 12):
+        infos = sorted((e.info for e in greedy.buffer), reverse=True)  # before the draw
+        batch = greedy.next_batch()
+        drawn = [greedy.buffer.get(p.buffer_id).info for p in batch if p.buffer_id is not None]
+        assert sorted(drawn, reverse=True) == infos[:len(drawn)]
+        checked += bool(drawn)
+        greedy.observe(rewards_for(batch, seed=step), step)
+    assert checked >= 3
+
+    uniform = [OnlinePromptSource(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16,
+                                  sample_mode="uniform", seed=3) for _ in range(2)]
+    assert [h[1] for h in run(uniform[0], 12)] == [h[1] for h in run(uniform[1], 12)]  # seeded, repeatable
+    with pytest.raises(Exception, match="unknown sampler 'top'"):
+        OnlinePromptSource(seeds(8), 4, VersionEvolver(), sample_mode="top")
+
+
+def test_last_children_record_every_child_with_its_parent_and_outcome():
+    source = OnlinePromptSource(seeds(16), 8, VersionEvolver(), total_prompts=32, n_new=2)
+    batch = source.next_batch()
+    batch[0].prompt = batch[1].prompt  # the two parents' children collide: one set is a duplicate
+    metrics = source.observe(rewards_for(batch), 1)
+    records = source.last_children
+    assert len(records) == metrics["eva/children_generated"]
+    assert sum(r["accepted"] for r in records) == metrics["eva/children_accepted"]
+    assert all(r["reason"] is None for r in records if r["accepted"])
+    assert all(r["reason"] and r["reason"].startswith(("duplicate", "unchanged", "empty"))
+               for r in records if not r["accepted"])
+    assert all(r["prompt"].startswith(r["parent"] + "/") and r["step"] == 1 for r in records)
+    assert all(len(r["parent_rewards"]) == 4 for r in records)

@@ -48,6 +48,8 @@ from .buffer import PHASES, OnlineSchedule, PromptBuffer
 from .estimate import informativeness
 from .evolve import Child, Evolver, Parent
 from .filters import apply_filters, normalize_text
+from .registry import SAMPLERS
+from .sample import sample_informative
 
 STATE_VERSION = 1
 MAX_EVOLVE_FAILURES = 3
@@ -99,6 +101,7 @@ class OnlinePromptSource:
         n_new_bootstrap: int = 2,
         ratio_evol: float = 0.5,
         metric: str = "A_avg",
+        sample_mode: str = "weighted",
         filters: Sequence[str] = ("empty", "unchanged", "duplicate"),
         seed: int = 0,
         rank: int = 0,
@@ -116,7 +119,11 @@ class OnlinePromptSource:
         self.batch_size = batch_size
         self.evolver = evolver
         self.metric = metric
+        SAMPLERS.get(sample_mode)  # an unknown name fails now, listing the registered samplers
+        self.sample_mode = sample_mode
         self.filters = tuple(filters)
+        # The last observe()'s children, accepted and rejected, with their parents: for a trainer's logs.
+        self.last_children: list[dict] = []
         self.seed = seed
         self.rank, self.world_size, self.all_gather_object = rank, world_size, all_gather_object
         self.buffer = PromptBuffer(capacity, seed=seed)
@@ -183,13 +190,24 @@ class OnlinePromptSource:
                 self.exhausted = (f"only {n_buffer + n_seeds} prompts left for a batch of {self.batch_size} "
                                   f"(seeds left {self.seeds_left}, buffer {len(self.buffer)})")
                 return []
-            drawn = self.buffer.sample(n_buffer)
+            drawn = self._draw_from_buffer(n_buffer)
             batch = [BatchPrompt(e.text, e.label, dict(e.metadata), e.id, e.depth) for e in drawn]
             batch += self._take_seeds(n_seeds)
         self.batches_served += 1
         self.prompts_served += len(batch)
         self._pending = batch
         return batch
+
+    def _draw_from_buffer(self, k: int) -> list:
+        """``k`` distinct buffer entries: info-weighted (the paper; the buffer's sum-tree), or another
+        sampler over the entries' info (``greedy``: the top k; ``uniform``), seeded by the batch index
+        so that a resumed run draws the same prompts."""
+        if self.sample_mode == "weighted" or k == 0:
+            return self.buffer.sample(k)
+        entries = list(self.buffer)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches_served)
+        picked = sample_informative([e.info for e in entries], k, mode=self.sample_mode, generator=generator)
+        return [entries[i] for i in picked.tolist()]
 
     # --- learning from the batch's rewards ---------------------------------------------------------
 
@@ -199,6 +217,7 @@ class OnlinePromptSource:
         Non-finite rewards mark missing responses. Returns this step's metrics (``eva/...``).
         """
         batch, self._pending = self._pending, None
+        self.last_children = []
         if batch is None:
             raise RuntimeError("observe() called without a batch from next_batch()")
         rewards = torch.as_tensor(rewards, dtype=torch.float32)
@@ -273,6 +292,15 @@ class OnlinePromptSource:
         existing = [e.text for e in self.buffer] + [p.prompt for p in batch]
         kept, rejected, filter_counts = apply_filters(all_children, parents, self.filters,
                                                       existing=existing + list(self._seed_keys))
+        order = {id(c): i for i, c in enumerate(all_children)}
+        outcome = sorted([(c, None) for c in kept] + list(rejected), key=lambda item: order[id(item[0])])
+        self.last_children = [
+            {"step": step, "parent": parents[c.parent_index].prompt, "parent_id": c.parent_id,
+             "parent_info": parents[c.parent_index].info, "parent_rewards": parents[c.parent_index].rewards,
+             "prompt": c.prompt, "label": c.label, "method": c.method, "depth": c.depth, "metadata": c.metadata,
+             "accepted": reason is None, "reason": reason}
+            for c, reason in outcome
+        ]
         self.buffer.mark_trained([batch[i].buffer_id for i in buffer_rows])
         popped = self.buffer.pop_trained()
         self.buffer.push([
