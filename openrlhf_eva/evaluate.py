@@ -32,6 +32,18 @@ def evaluate(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return evaluate_model(model, tokenizer, rows, reward_file, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          chat_template=chat_template)
+
+
+def evaluate_model(model, tokenizer, rows: Sequence[dict], reward_file: str | Path, *, max_new_tokens: int = 24,
+                   batch_size: int = 128, chat_template: bool = True, group_keys: Sequence[str] = ("split",)
+                   ) -> dict[str, dict[str, float]]:
+    """`evaluate` for a model already in memory (e.g. the policy half-way through training).
+
+    Besides "all", rows are grouped under the value of each key in `group_keys` they carry
+    (``group_keys=("split", "difficulty")`` adds "difficulty=4" and the like).
+    """
     out = sample_responses(model, tokenizer, [r["prompt"] for r in rows], n=1, temperature=0.0,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template=chat_template,
                            progress=False)
@@ -43,9 +55,12 @@ def evaluate(
 
     groups: dict[str, list[float]] = {"all": rewards.tolist()}
     for row, reward in zip(rows, rewards.tolist()):
-        if row.get("split") not in (None, "all"):
-            groups.setdefault(row["split"], []).append(reward)
+        for key in group_keys:
+            value = row.get(key)
+            if value in (None, "all"):
+                continue
+            groups.setdefault(str(value) if key == "split" else f"{key}={value}", []).append(reward)
     return {
-        split: {"reward": sum(v) / len(v), "exact": sum(x >= 1.0 for x in v) / len(v), "n": len(v)}
-        for split, v in groups.items()
+        group: {"reward": sum(v) / len(v), "exact": sum(x >= 1.0 for x in v) / len(v), "n": len(v)}
+        for group, v in groups.items()
     }

@@ -22,6 +22,7 @@ seeded, so a crashed-and-resumed run writes the same files as an uninterrupted o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_reward", default=None, help="reward_func .py scoring the held-out answers")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64)
     parser.add_argument("--launcher", default=None,
-                        help='command that launches train_dpo, e.g. "deepspeed --num_gpus 8" (default: one process)')
+                        help='command that launches train_dpo, e.g. "deepspeed --num_gpus 8" (default: one child '
+                             'process; "inprocess": this process)')
     return parser
 
 
@@ -98,17 +100,26 @@ def run_evolve(stage: Stage, policy: str, prompts: Path, evolve_args: list[str],
 
 
 def run_dpo(stage: Stage, policy: str, pairs: Path, dpo_args: list[str], launcher: str | None) -> dict:
+    """train_dpo from `policy` on `pairs` into `stage`: by `launcher`, one child process (None), or
+    "inprocess" (this process, as the bench does for many short rounds: no interpreter start-up)."""
     if stage.done:
         return stage.record()
     started = time.time()
-    module = ["--module", "openrlhf_eva.train_dpo"] if launcher else ["-m", "openrlhf_eva.train_dpo"]
-    cmd = shlex.split(launcher) if launcher else [sys.executable]
-    cmd += [*module, "--model.model_name_or_path", policy, "--ref.model_name_or_path", policy,
+    argv = ["--model.model_name_or_path", policy, "--ref.model_name_or_path", policy,
             "--data.dataset", str(pairs), "--data.prompt_key", "prompt", "--data.chosen_key", "chosen",
             "--data.rejected_key", "rejected", "--ckpt.output_dir", str(stage.path),
             "--ckpt.path", str(stage.path / "ckpt"), "--ckpt.load_enable", *dpo_args]
     log_path = stage.path.parent / "dpo.log"
     stage.path.mkdir(parents=True, exist_ok=True)
+    if launcher == "inprocess":
+        from openrlhf_eva import train_dpo
+
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            compat.default_single_process_env()
+            train_dpo.main(argv)
+        return stage.finish({"seconds": time.time() - started, "argv": argv})
+    module = ["--module", "openrlhf_eva.train_dpo"] if launcher else ["-m", "openrlhf_eva.train_dpo"]
+    cmd = [*(shlex.split(launcher) if launcher else [sys.executable]), *module, *argv]
     with open(log_path, "w") as log:
         print(f"[eva] {' '.join(shlex.quote(c) for c in cmd)}\n      (log: {log_path})", flush=True)
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=compat.child_process_env()).returncode

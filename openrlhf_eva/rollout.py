@@ -79,6 +79,7 @@ def sample_responses(
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=n,
+                use_cache=True,  # a policy under training has it off in its config (OpenRLHF's Actor)
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )

@@ -82,6 +82,7 @@ from .self_instruct import SelfInstructEvolver  # noqa: E402
 from .tree_bon import TreeBestOfNEvolver  # noqa: E402
 from .distilabel_adapter import DistilabelEvolver  # noqa: E402
 from .task import TaskEvolver  # noqa: E402
+from .replay import ReplayEvolver  # noqa: E402
 
 __all__ = ["Child", "DistilabelEvolver", "EvolComplexityEvolver", "EvolInstructEvolver", "EvolQualityEvolver",
-           "Evolver", "Parent", "SelfInstructEvolver", "TaskEvolver", "TreeBestOfNEvolver", "build_evolver"]
+           "Evolver", "Parent", "ReplayEvolver", "SelfInstructEvolver", "TaskEvolver", "TreeBestOfNEvolver", "build_evolver"]
