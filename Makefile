@@ -16,7 +16,7 @@ CONSTRAINTS := requirements/constraints-cpu.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo clean patches-check
+.PHONY: install test demo bench clean patches-check
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ patches-check: install
 
 demo: install
 	$(PY) -m openrlhf_eva.demo
+
+# eva-bench's full grid (2 solvers x 11 arms x 5 seeds, cached and resumable under runs/bench),
+# published to examples/bench/; then its HTML report.
+bench: install
+	$(PY) -m openrlhf_eva.bench --out runs/bench --publish examples/bench
+	$(PY) -m openrlhf_eva.report runs/bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
