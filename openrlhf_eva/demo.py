@@ -7,11 +7,11 @@
    (loaded by path, exactly as OpenRLHF loads one), and compute informativeness under every metric;
 3. sample the most informative 25% (weighted by A_min), evolve 4 children each with the task's
    programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds);
-4. solve: one DPO round from theta_0 on fresh seed prompts (static) and one on the evolved set (eva),
-   same prompt count, pairs and gradient steps, through `openrlhf_eva.evolve` + `openrlhf_eva.train_dpo`;
-   the held-out reward per split (in_dist, harder, new_kind) of theta_0 and both rounds;
-5. online: RLOO from theta_0 through `openrlhf_eva.train_rloo` on the static seeds vs with eva's
-   prioritized generative buffer, same prompt budget and rollouts, scored the same way.
+4. static vs eva, both solvers, with eva-bench's settings (`openrlhf_eva.bench`, arms static and
+   A_min): online RLOO through `openrlhf_eva.train_rloo`'s trainer, and one offline DPO round
+   through `openrlhf_eva.iterate`'s stages (evolve -> pairs -> train_dpo), same rollouts and gradient
+   steps per arm; the held-out reward per split (in_dist, harder, new_kind) of theta_0 and each arm;
+5. the HTML report of everything under --out (`openrlhf_eva.report`), path printed at the end.
 Stages are cached under --out: a rerun redoes only what is missing.
 """
 
@@ -19,21 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import openrlhf_eva.embedded as embedded
-from openrlhf_eva import compat
 from openrlhf_eva.creator import PAPER_METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
-from openrlhf_eva.embedded.data import make_seeds, make_test_set
+from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.warm_start import DONE_FILE, WarmStartConfig, warm_start
-from openrlhf_eva.evaluate import evaluate
-from openrlhf_eva.iterate import Stage, run_dpo, run_evolve
 from openrlhf_eva.rollout import sample_responses
 
 EMBEDDED_DIR = Path(embedded.__file__).parent
@@ -70,13 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-samples", type=int, default=WarmStartConfig.sft_samples,
                         help="SFT examples for the warm start")
     parser.add_argument("--sft-epochs", type=int, default=WarmStartConfig.epochs, help="SFT epochs for the warm start")
-    parser.add_argument("--creator-only", action="store_true", help="stop after the creator step (no DPO rounds)")
-    parser.add_argument("--dpo-lr", type=float, default=1e-4, help="learning rate of both DPO rounds")
-    parser.add_argument("--dpo-epochs", type=int, default=2)
-    parser.add_argument("--rloo-lr", type=float, default=1e-4, help="learning rate of both online RLOO runs")
-    parser.add_argument("--rloo-episodes", type=int, default=2, help="prompt budget of the online runs, x the seeds")
-    parser.add_argument("--dpo-nll", type=float, default=1.0,
-                        help="length-normalised NLL on the chosen response (the paper adds it in multi-round runs)")
+    parser.add_argument("--creator-only", action="store_true", help="stop after the creator step (no training)")
+    parser.add_argument("--bench-seeds", type=int, default=1,
+                        help="seeds of the static-vs-eva runs (the bench's settings; `make bench` runs 5)")
+    parser.add_argument("--workers", type=int, default=2, help="training runs in parallel")
+    parser.add_argument("--bench-scale", choices=["full", "smoke"], default="full",
+                        help="settings of the static-vs-eva runs (smoke: seconds, for tests)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     timings: dict[str, float] = {}
@@ -175,98 +169,31 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {step_dir}/{{estimates,children,rejects,next_prompts}}.jsonl and summary.json")
     if not args.creator_only:
         t = time.time()
-        solver_rounds(args, out, model_dir, seeds, step_dir / "next_prompts.jsonl", greedy)
-        timings["solver_rounds_s"] = time.time() - t
-        t = time.time()
-        online_runs(args, out, model_dir, seeds, greedy)
-        timings["online_runs_s"] = time.time() - t
+        showcase(args, out, model_dir)
+        timings["static_vs_eva_s"] = time.time() - t
+    from openrlhf_eva.report import build_report
+
+    report = build_report(out)
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print(f"\nHTML report (creator step, runs, buffers, evolved and rejected prompts): {report}")
 
 
-def print_held_out(setting: str, results: dict[str, dict]) -> None:
-    """One row per policy: greedy held-out reward (exact-match share) per split."""
+def showcase(args, out: Path, model_dir: Path) -> None:
+    """Static vs eva for both solvers, one bench seed, through the bench's runs (RLOO and DPO)."""
+    from openrlhf_eva import bench
+
+    argv = ["--scale", args.bench_scale, "--out", str(out / "bench"), "--warm-start", str(model_dir),
+            "--arms", "static", "A_min", "--seeds", *[str(s) for s in range(args.bench_seeds)],
+            "--workers", str(args.workers)]
+    results = bench.main(argv)
     splits = ["in_dist", "harder", "new_kind", "all"]
-    print_table(
-        f"Held-out greedy reward (exact-match share): {setting}",
-        ["policy", *splits],
-        [[name, *(f"{r[s]['reward']:.3f} ({r[s]['exact']:.2f})" for s in splits)] for name, r in results.items()],
-    )
-
-
-def online_runs(args, out: Path, model_dir: Path, seeds: list[dict], before: dict) -> None:
-    """Online RLOO from theta_0 with a static prompt set vs with eva's buffer, same budget and rollouts.
-
-    Static: the seeds, --rloo-episodes passes. eva: the same seeds and a budget of --rloo-episodes x
-    the seeds, drawn through the buffer's warm-up / mix-up / bootstrap phases (task evolver).
-    """
-    online_dir = out / "online"
-    write_jsonl(online_dir / "seeds.jsonl", seeds)
-    common = ["--actor.model_name_or_path", str(model_dir), "--data.prompt_dataset", str(online_dir / "seeds.jsonl"),
-              "--data.input_key", "prompt", "--data.label_key", "label", "--data.apply_chat_template",
-              "--data.max_len", "64", "--reward.remote_url", str(REWARD_FILE), "--rollout.batch_size", "16",
-              "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "16", "--rollout.micro_batch_size",
-              "64", "--train.batch_size", "16", "--train.micro_batch_size", "16", "--actor.adam.lr",
-              str(args.rloo_lr), "--algo.kl.init_coef", "0", "--ds.zero_stage", "0", "--train.seed", str(args.seed)]
-    arms = {
-        "static": ["--train.num_episodes", str(args.rloo_episodes)],
-        "eva": ["--eva.evolver", "task", "--eva.evolver_path", str(EVOLVE_FILE),
-                "--eva.total_prompts", f"{args.rloo_episodes}x", "--eva.buffer_size", str(len(seeds))],
-    }
-    results = {"theta_0 (SFT)": before}
-    for arm, extra in arms.items():
-        stage = Stage(online_dir / arm)
-        if not stage.done:
-            model = online_dir / arm / "model"
-            cmd = [sys.executable, "-m", "openrlhf_eva.train_rloo", *common, *extra, "--ckpt.output_dir", str(model),
-                   "--ckpt.path", str(online_dir / arm / "ckpt")]
-            print(f"[eva] online RLOO, {arm} prompts (log: {online_dir / arm / 'train.log'})", flush=True)
-            (online_dir / arm).mkdir(parents=True, exist_ok=True)
-            with open(online_dir / arm / "train.log", "w") as log:
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  env=compat.child_process_env()).returncode != 0:
-                    raise RuntimeError(f"train_rloo ({arm}) failed; see {online_dir / arm / 'train.log'}")
-            stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
-        results[f"RLOO on {arm} prompts"] = stage.record()
-    print_held_out(f"online RLOO from theta_0, {args.rloo_episodes}x {len(seeds)} prompts x 4 samples each",
-                   results)
-    (online_dir / "results.json").write_text(json.dumps({"held_out": results}, indent=2) + "\n")
-
-
-def solver_rounds(args, out: Path, model_dir: Path, seeds: list[dict], evolved_set: Path, before: dict) -> None:
-    """One DPO round on fresh seed prompts (static) vs one on the creator's evolved set (eva), from theta_0.
-
-    Both arms: the same number of prompts, pairs from theta_0's samples (best vs worst of n), the same
-    number of pairs (so the same gradient steps), the same DPO settings; scored on the held-out set.
-    """
-    taken = {r["prompt"] for r in seeds}
-    fresh = [r for r in make_seeds(n=3 * len(seeds), seed=args.seed + 1) if r["prompt"] not in taken][: len(seeds)]
-    solver_dir = out / "solver"
-    write_jsonl(solver_dir / "static_prompts.jsonl", fresh)
-    evolve_args = ["--reward.remote_url", str(REWARD_FILE), "--data.label_key", "label", "--data.apply_chat_template",
-                   "--rollout.n_samples_per_prompt", str(args.n), "--rollout.max_new_tokens", "24",
-                   "--train.seed", str(args.seed), "--eva.evolver", "none"]
-    arms = {"static": solver_dir / "static_prompts.jsonl", "eva": evolved_set}
-    pairs = {arm: run_evolve(Stage(solver_dir / arm / "pairs"), str(model_dir), prompts, evolve_args, [])
-             for arm, prompts in arms.items()}
-    num_pairs = min(p["counts"]["prompts/pairs"] for p in pairs.values())
-    dpo_args = ["--data.apply_chat_template", "--data.max_samples", str(num_pairs), "--train.micro_batch_size", "8",
-                "--train.batch_size", "8", "--train.max_epochs", str(args.dpo_epochs), "--adam.lr", str(args.dpo_lr),
-                "--model.beta", "0.1", "--eva.nll_coef", str(args.dpo_nll), "--ds.zero_stage", "0", "--train.seed", str(args.seed),
-                "--lr_warmup_ratio", "0.1"]
-    results = {"theta_0 (SFT)": before}
-    for arm in arms:
-        model = solver_dir / arm / "model"
-        run_dpo(Stage(model), str(model_dir), solver_dir / arm / "pairs" / "pairs.jsonl", dpo_args, None)
-        stage = Stage(solver_dir / arm / "eval")
-        if not stage.done:
-            stage.finish(evaluate(model, make_test_set(), REWARD_FILE))
-        results[f"DPO on {arm} prompts"] = stage.record()
-
-    print_held_out(f"one DPO round from theta_0 on {len(seeds)} prompts, {num_pairs} pairs each", results)
-    (solver_dir / "results.json").write_text(json.dumps(
-        {"num_prompts": len(seeds), "num_pairs": num_pairs, "held_out": results,
-         "pairs": {arm: p["counts"] for arm, p in pairs.items()}}, indent=2) + "\n")
-    print(f"wrote {solver_dir}/results.json")
+    for solver, title in (("rloo", "online RLOO"), ("dpo", "one offline DPO round")):
+        rows = [["theta_0 (SFT)", *(f"{results['theta_0'][s]:.3f}" for s in splits)]]
+        for arm, name in (("static", "static seed prompts"), ("A_min", "eva (A_min, weighted, evolve)")):
+            stats = results["arms"][f"{solver}/{arm}"]["test"]
+            rows.append([name, *(f"{stats[s]['mean']:.3f}" for s in splits)])
+        print_table(f"Held-out greedy reward after {title} from theta_0 (same rollouts and gradient steps; "
+                    f"{args.bench_seeds} seed(s))", ["policy", *splits], rows)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_demo_runs_one_creator_step(warm_model, tmp_path, capsys):
     # reuse the cached small model: the demo's model folder is <out>/model
     (tmp_path / "model").symlink_to(out, target_is_directory=True)
     demo.main(["--out", str(tmp_path), "--num-seeds", "16", "--n", "4", "--seed", "0",
-               "--sft-samples", "256", "--sft-epochs", "1", "--dpo-epochs", "1", "--rloo-episodes", "1"])
+               "--sft-samples", "256", "--sft-epochs", "1", "--bench-scale", "smoke", "--workers", "1"])
     text = capsys.readouterr().out
     assert "Most informative seed prompts" in text and "Evolved children beside their parents" in text
     for metric in ("A_min", "A_avg", "A_dis", "var", "avg", "inv_avg", "inv_A_min", "uniform"):
@@ -82,14 +82,12 @@ def test_demo_runs_one_creator_step(warm_model, tmp_path, capsys):
     assert children and all(c["parent"] and c["method"] for c in children)
     next_set = [json.loads(line) for line in (step_dir / "next_prompts.jsonl").read_text().splitlines()]
     assert len(next_set) == 16
-    # the solver rounds: both arms trained on the same number of pairs and were scored per split
-    results = json.loads((tmp_path / "solver" / "results.json").read_text())
-    assert set(results["held_out"]) == {"theta_0 (SFT)", "DPO on static prompts", "DPO on eva prompts"}
-    assert results["num_pairs"] == min(p["prompts/pairs"] for p in results["pairs"].values()) > 0
-    assert "Held-out greedy reward" in text
-    online = json.loads((tmp_path / "online" / "results.json").read_text())["held_out"]
-    assert set(online) == {"theta_0 (SFT)", "RLOO on static prompts", "RLOO on eva prompts"}
-    assert all(online[arm]["all"]["n"] == 336 for arm in online)
+    # static vs eva for both solvers (the bench's smoke settings), the table, and the HTML report
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert set(results["arms"]) == {"rloo/static", "rloo/A_min", "dpo/static", "dpo/A_min"}
+    assert text.count("Held-out greedy reward after") == 2 and "eva (A_min, weighted, evolve)" in text
+    report = tmp_path / "report.html"
+    assert report.exists() and f"HTML report (creator step, runs, buffers, evolved and rejected prompts): {report}" in text
     summary = json.loads((step_dir / "summary.json").read_text())
     assert summary["counts"]["children/generated"] == len(children) + summary["counts"].get("filter/duplicate", 0) \
         + summary["counts"].get("filter/empty", 0) + summary["counts"].get("filter/unchanged", 0)
