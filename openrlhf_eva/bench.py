@@ -236,11 +236,23 @@ def run_one(task: tuple) -> dict:
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if not torch.distributed.is_initialized():  # a group destroyed by earlier work leaves a stale clone
+        from deepspeed.utils import groups as deepspeed_groups
+
+        deepspeed_groups._WORLD_GROUP = None
     try:
         with open(out / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             result = RUNNERS[solver](config, arm, model_dir, out, seed, test_rows)
     except Exception:
         return {"solver": solver, "arm": arm, "seed": seed, "error": traceback.format_exc()}
+    finally:
+        # Runs share this process: leave no process group behind, and drop DeepSpeed's cached clone
+        # of the world group, which would otherwise point the next engine at a destroyed group.
+        from deepspeed.utils import groups as deepspeed_groups
+
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        deepspeed_groups._WORLD_GROUP = None
     result.update(solver=solver, arm=arm, seed=seed, seconds=time.time() - started)
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

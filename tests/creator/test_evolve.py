@@ -97,7 +97,7 @@ def test_task_evolver_file_errors(tmp_path):
 
 def test_build_evolver_unknown_name():
     with pytest.raises(UnknownNameError, match="unknown evolver 'evol_magic'; available: distilabel, evol_complexity, evol_instruct, "
-                       "evol_quality, self_instruct, task, tree_bon"):
+                       "evol_quality, replay, self_instruct, task, tree_bon"):
         build_evolver("evol_magic")
 
 
