@@ -148,13 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="evol_instruct | evol_complexity | evol_quality | self_instruct | tree_bon | distilabel | task | "
              "a registered evolver | none (estimate and pairs only, no next set)")
     add("--eva.evolver_path", default=None, help="the task evolver's Python file with evolve(prompt, label, rng)")
-    add("--eva.evolver_model", default=None,
-        help="the creator LLM: a checkpoint or .gguf file, or the served model's name with --eva.evolver_url "
-             "(default: the policy)")
     add("--eva.evolver_backend", choices=["auto", "hf", "vllm", "openai"], default="auto",
         help="how the creator LLM generates; auto: the policy's backend, openai when --eva.evolver_url is set")
-    add("--eva.evolver_url", default=None, help="an OpenAI-compatible server for the creator LLM")
-    add("--eva.evolver_api_key_env", default="OPENAI_API_KEY", help="environment variable holding its API key")
     add("--eva.evolve_max_new_tokens", type=int, default=512)
     add("--eva.filters", nargs="*", default=list(DEFAULT_FILTERS), help="filters every evolved child must pass")
     add("--eva.rewrite_chosen", action="store_true",

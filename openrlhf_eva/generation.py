@@ -17,7 +17,9 @@ defaults given at construction: ``max_new_tokens``, ``temperature`` (0 = greedy)
     build_generator  one of the three by name, for the entry points' flags
 
 In the Ray path the trainer's own vLLM engines serve the creator instead
-(``openrlhf_eva.train_ppo_ray.vllm_generate``). Counters for logs live in ``stats``.
+(``openrlhf_eva.train_ppo_ray.vllm_generate``), unless --eva.evolver_url names a server. Counters
+for logs live in ``stats``; ``stats["calls"]`` also sets each call's seed, so a trainer that
+resumes a run restores it (``openrlhf_eva.train_rloo`` keeps it in its checkpoints).
 """
 
 from __future__ import annotations

@@ -7,14 +7,18 @@ trains on prompts from eva's prioritized generative buffer (EVA.md, "Online eva"
 `openrlhf_eva.creator.online.OnlinePromptSource`:
 
 - each rollout batch of `--rollout.batch_size` prompts follows the phase plan: warm-up (seeds
-  only) -> mix-up (`--eva.ratio_evol` from the buffer, weighted by informativeness, the rest from
-  the seeds) -> bootstrap (buffer only, once the seeds run out);
+  only) -> mix-up (`--eva.ratio_evol` from the buffer, drawn by `--eva.sample_mode`: weighted by
+  informativeness by default, or greedy, uniform; the rest from the seeds) -> bootstrap (buffer
+  only, once the seeds run out);
 - after experience making, each prompt's n rewards give its informativeness (`--eva.metric`,
   default A_avg); the top `--eva.top_frac` of the batch are evolved into `--eva.n_new` children each
   (`--eva.n_new_bootstrap` in bootstrap) with `--eva.evolver`, after the PPO update and the weight
   sync, so an LLM evolver (`evol_instruct`, `evol_complexity`, `evol_quality`, `self_instruct`,
   `tree_bon`, `distilabel`; options in `--eva.evolver_options`, `--eva.evolve_parents`) rewrites
-  with the current policy through the same vLLM engines;
+  with the current policy through the same vLLM engines, or with the model `--eva.evolver_model`
+  served at `--eva.evolver_url` (OpenAI-compatible; key from `--eva.evolver_api_key_env`); with
+  `--eva.evolve_feedback` it sees each parent's best and worst response and their rewards, decoded
+  from the Experiences;
 - children pass `--eva.filters` (`--eva.filter_options`, `--eva.eval_prompts`) and enter the
   buffer with their parent's informativeness; trained
   buffer prompts are popped, and pushes evict the oldest beyond `--eva.buffer_size`;
@@ -41,15 +45,16 @@ OpenRLHF has the patch (`openrlhf_eva.compat.seams`), the official seam is used 
 - trainer/ppo_trainer.py:72-78 sizes `max_steps` from `len(prompts_dataset)`; `EvaPPOTrainer` uses
   the prompt budget in the same formula. Patched (0004): upstream takes it from `len(loader)`.
 - trainer/ppo_trainer.py:227 `_compute_rollout_stats(experiences)` is the first trainer method that
-  sees the whole batch of Experiences; the override reads per-prompt rewards there.
+  sees the whole batch of Experiences; the override reads per-prompt rewards (and, for
+  `--eva.evolve_feedback`, responses) there.
 - trainer/ppo_trainer.py:213-264 `train_step`: the override evolves after upstream's step returns.
 
 Limits: the synchronous trainer only (`--train.async_enable` is refused), one rollout batch per
 vLLM call and no dynamic filtering (the source is told each batch's rewards before it draws the
 next); `--train.num_episodes` must stay 1 (the budget sets the run's length); children are
 single-turn text prompts without images; LLM-evolved children have no label (use `--eva.evolver
-task` for verifiable rewards); `--eva.evolve_feedback` is refused, since the per-prompt responses
-are not gathered from the Experiences yet (only rewards are).
+task` for verifiable rewards); the creator is the policy's vLLM engines or a served model
+(`--eva.evolver_model` alone, a checkpoint loaded beside the trainer, is refused).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from openrlhf_eva.creator import (
     DEFAULT_FILTERS,
     EVOLVERS,
     METRICS,
+    SAMPLERS,
     OnlineSchedule,
     PluginError,
     PromptBuffer,
@@ -86,6 +92,7 @@ from openrlhf_eva.creator import (
 from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
 from openrlhf_eva.compat import seams
 from openrlhf_eva.creator.online import OnlinePromptSource
+from openrlhf_eva.generation import build_generator
 from openrlhf_eva.upstream import run_upstream_cli
 
 logger = init_logger(__name__)
@@ -97,6 +104,8 @@ def add_eva_flags(parser: argparse.ArgumentParser) -> None:
     add("--eva.enable", action="store_true", default=False,
         help="train on prompts from eva's evolving buffer (off: plain upstream train_ppo_ray)")
     add("--eva.metric", default="A_avg", help="informativeness metric (paper online: A_avg)")
+    add("--eva.sample_mode", default="weighted", help="how buffer prompts are drawn: weighted by info (the paper), "
+        "greedy (the most informative), uniform, or a registered sampler")
     add("--eva.buffer_size", type=int, default=3200, help="prompts the buffer holds (paper: 3200)")
     add("--eva.top_frac", type=float, default=0.5, help="share of each batch evolved, most informative first")
     add("--eva.n_new", type=int, default=4, help="children per evolved prompt in warm-up and mix-up")
@@ -129,10 +138,9 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> None:
         for path in flags["eva.plugin"]:
             load_plugin(path)
         METRICS.get(flags["eva.metric"])
+        SAMPLERS.get(flags["eva.sample_mode"])
         EVOLVERS.get(flags["eva.evolver"])
         eva = argparse.Namespace(**{key[4:]: value for key, value in flags.items() if key.startswith("eva.")})
-        if eva.evolve_feedback:
-            raise ValueError("--eva.evolve_feedback is not available in the Ray path yet; see this module's Limits")
         evolver_options(eva)
         build_creator_filters(eva)
         OnlineSchedule(PromptBuffer(flags["eva.buffer_size"]), flags["eva.top_frac"], flags["eva.n_new"],
@@ -155,8 +163,15 @@ def resolve_eva_flags(flags: dict, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--eva.total_prompts must be >= 0, got {flags['eva.total_prompts']}")
     if flags["eva.evolver"] == "task" and not flags["eva.evolver_path"]:
         parser.error("--eva.evolver task needs --eva.evolver_path (a file defining evolve(prompt, label, rng))")
-    if getattr(EVOLVERS.get(flags["eva.evolver"]), "uses_llm", False) and not flags["vllm.num_engines"]:
-        parser.error(f"--eva.evolver {flags['eva.evolver']} rewrites with the vLLM engines: set --vllm.num_engines")
+    if flags["eva.evolver_url"] and not flags["eva.evolver_model"]:
+        parser.error("--eva.evolver_url needs --eva.evolver_model, the served model's name")
+    if flags["eva.evolver_model"] and not flags["eva.evolver_url"]:
+        parser.error("--eva.evolver_model names a model served at --eva.evolver_url here: the Ray path's creator "
+                     "is the policy's vLLM engines or such a server, not a checkpoint loaded beside the trainer")
+    if (getattr(EVOLVERS.get(flags["eva.evolver"]), "uses_llm", False) and not flags["vllm.num_engines"]
+            and not flags["eva.evolver_url"]):
+        parser.error(f"--eva.evolver {flags['eva.evolver']} rewrites with the vLLM engines: set --vllm.num_engines "
+                     "(or serve the creator at --eva.evolver_url)")
     if flags["eva.evolve_max_new_tokens"] < 1:
         parser.error("--eva.evolve_max_new_tokens must be >= 1")
 
@@ -229,26 +244,48 @@ def build_online_evolver(args, engines: list, tokenizer):
     if args.eva.evolver == "task":
         return TaskEvolver(args.eva.evolver_path)
     options = evolver_options(args.eva)
-    if getattr(EVOLVERS.get(args.eva.evolver), "uses_llm", False):
-        return build_evolver(args.eva.evolver, generate=vllm_generate(engines, tokenizer, args), **options)
-    return build_evolver(args.eva.evolver, **options)
+    if not getattr(EVOLVERS.get(args.eva.evolver), "uses_llm", False):
+        return build_evolver(args.eva.evolver, **options)
+    if args.eva.evolver_url:
+        generate = build_generator("openai", args.eva.evolver_model, url=args.eva.evolver_url,
+                                   api_key_env=args.eva.evolver_api_key_env, seed=args.train.seed,
+                                   max_new_tokens=args.eva.evolve_max_new_tokens,
+                                   temperature=args.rollout.temperature, top_p=args.rollout.top_p)
+    else:
+        generate = vllm_generate(engines, tokenizer, args)
+    return build_evolver(args.eva.evolver, generate=generate, **options)
 
 
-def prompt_rewards(experiences: Sequence, n_samples_per_prompt: int) -> list[tuple[str, list[float]]]:
-    """`(prompt, its n rewards)` per prompt of a batch of Experiences from `make_experience_batch`.
+def prompt_rollouts(experiences: Sequence, n_samples_per_prompt: int,
+                    tokenizer=None) -> list[tuple[str, list[float], Optional[list[str]]]]:
+    """`(prompt, its n rewards, its n responses)` per prompt of a batch of Experiences from
+    `make_experience_batch`; responses are None unless a `tokenizer` is given to decode them.
 
     Rollout sample i belongs to prompt group i // n: a prompt's n samples are generated together and
     stay contiguous (experience_maker.py:250-256), and `Experience.index` keeps i through
     micro-batching and dynamic-batch reordering. Rewards are `info["reward"]`, after length
-    penalties, as the advantage estimator saw them.
+    penalties, as the advantage estimator saw them. A response is the sample's action tokens
+    (`action_mask` covers the last positions of `sequences`, as `Actor.forward` reads them),
+    decoded without special tokens, as train_rloo hands responses to the creator.
     """
-    groups: dict[int, tuple[str, dict[int, float]]] = {}
+    groups: dict[int, tuple[str, dict[int, tuple[float, Optional[str]]]]] = {}
     for experience in experiences:
         if "reward" not in experience.info:
             continue
-        for index, prompt, reward in zip(experience.index, experience.prompts, experience.info["reward"].tolist()):
-            groups.setdefault(index // n_samples_per_prompt, (prompt, {}))[1][index] = float(reward)
-    return [(prompt, [rewards[i] for i in sorted(rewards)]) for _, (prompt, rewards) in sorted(groups.items())]
+        samples = zip(experience.index, experience.prompts, experience.info["reward"].tolist())
+        for row, (index, prompt, reward) in enumerate(samples):
+            response = None
+            if tokenizer is not None:
+                action_mask = experience.action_mask[row].bool()
+                action_tokens = experience.sequences[row][-len(action_mask):][action_mask]
+                response = tokenizer.decode(action_tokens, skip_special_tokens=True)
+            groups.setdefault(index // n_samples_per_prompt, (prompt, {}))[1][index] = (float(reward), response)
+    rollouts = []
+    for _, (prompt, samples) in sorted(groups.items()):
+        ordered = [samples[i] for i in sorted(samples)]
+        responses = [response for _, response in ordered] if tokenizer is not None else None
+        rollouts.append((prompt, [reward for reward, _ in ordered], responses))
+    return rollouts
 
 
 class EvaPromptLoader:
@@ -290,15 +327,18 @@ class EvaPromptLoader:
         datasource, prompt, label, image = self.queue.pop(0)
         return [datasource], [prompt], [label], [image]
 
-    def observe(self, groups: Sequence[tuple[str, list[float]]], step: int) -> dict[str, float]:
-        """Hand the batch's `prompt_rewards` to the source in batch order; returns its numeric metrics."""
-        by_prompt: dict[str, list[list[float]]] = {}
-        for prompt, rewards in groups:
-            by_prompt.setdefault(prompt, []).append(rewards)
-        missing = [float("nan")] * self.n  # a prompt without rollouts: its row counts as unscored
-        matrix = [by_prompt[prompt].pop(0) if by_prompt.get(prompt) else missing for prompt in self.batch]
+    def observe(self, groups: Sequence[tuple[str, list[float], Optional[list[str]]]], step: int) -> dict[str, float]:
+        """Hand the batch's `prompt_rollouts` to the source in batch order; returns its numeric metrics."""
+        by_prompt: dict[str, list[tuple[list[float], Optional[list[str]]]]] = {}
+        for prompt, rewards, responses in groups:
+            by_prompt.setdefault(prompt, []).append((rewards, responses))
+        missing = ([float("nan")] * self.n, None)  # a prompt without rollouts: its row counts as unscored
+        rows = [by_prompt[prompt].pop(0) if by_prompt.get(prompt) else missing for prompt in self.batch]
         self.batch = []
-        metrics = self.source.observe(matrix, step)
+        responses = None
+        if any(texts is not None for _, texts in rows):
+            responses = [texts if texts is not None else [""] * self.n for _, texts in rows]
+        metrics = self.source.observe([rewards for rewards, _ in rows], step, responses)
         if "eva/evolve_error" in metrics:
             logger.warning(f"eva: the evolver failed this step: {metrics['eva/evolve_error']}")
         # Upstream's tensorboard logger takes scalars only (eva/phase has eva/phase_index beside it).
@@ -334,11 +374,12 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
             seeds, args.rollout.batch_size, build_online_evolver(args, self.vllm_engines, self.tokenizer),
             total_prompts=eva.total_prompts or None, capacity=eva.buffer_size, top_frac=eva.top_frac,
             n_new=eva.n_new, n_new_bootstrap=eva.n_new_bootstrap, ratio_evol=eva.ratio_evol, metric=eva.metric,
-            filters=build_creator_filters(eva, self.tokenizer, args.data.max_len), seed=args.train.seed,
+            sample_mode=eva.sample_mode, filters=build_creator_filters(eva, self.tokenizer, args.data.max_len),
+            seed=args.train.seed,
         )
         templated = functools.partial(format_prompt, args=args, tokenizer=self.tokenizer)
         self.eva_loader = EvaPromptLoader(source, templated, args.rollout.n_samples_per_prompt)
-        self.eva_rewards: list[tuple[str, list[float]]] = []
+        self.eva_rollouts: list[tuple[str, list[float], Optional[list[str]]]] = []
         if seams.ppo_prompt_source(type(self)):  # patches/0004: max_steps then follows len(eva_loader)
             self.set_prompt_source(self.eva_loader)
         else:
@@ -350,7 +391,9 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
 
     def _compute_rollout_stats(self, experiences) -> dict:
         # ppo_trainer.py:227: the whole batch, before dynamic-batch balancing splits it over ranks.
-        self.eva_rewards = prompt_rewards(experiences, self.args.rollout.n_samples_per_prompt)
+        # Responses are decoded only for --eva.evolve_feedback, their one reader.
+        tokenizer = self.tokenizer if self.args.eva.evolve_feedback else None
+        self.eva_rollouts = prompt_rollouts(experiences, self.args.rollout.n_samples_per_prompt, tokenizer)
         return super()._compute_rollout_stats(experiences)
 
     def train_step(self, rollout_samples, global_step: int):
@@ -358,7 +401,7 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
         # with the current policy, and the next batch is drawn from the updated buffer.
         status, global_step = super().train_step(rollout_samples, global_step)
         start = time.time()
-        status.update(self.eva_loader.observe(self.eva_rewards, global_step))
+        status.update(self.eva_loader.observe(self.eva_rollouts, global_step))
         status["timing/eva_evolve"] = time.time() - start
         return status, global_step
 

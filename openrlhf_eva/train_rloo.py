@@ -22,11 +22,19 @@ listed is rejected by argparse rather than silently ignored. eva's own flags are
     --eva.solver {pg,online_dpo}  pg: the policy-gradient loss with --algo.advantage.estimator;
                                   online_dpo: best vs worst of the n samples, DPO vs the reference
     --eva.beta                    online DPO's beta (default 0.1, upstream DPO's --model.beta)
+    --eva.rewrite_chosen          online_dpo: the creator LLM improves each pair's chosen response
+                                  before the update (openrlhf_eva.solve.rewriter); the original
+                                  stays where the rewrite is unusable (eva/rewrites_kept, _rejected)
+    --eva.fused_logprobs          policy and reference log-probs through the fused lm_head +
+                                  gather (openrlhf_eva.solve.fused_actor), as in train_dpo
     --eva.evolver                 unset: eva off (plain OpenRLHF RLOO). task (a programmatic
-                                  evolve(prompt, label, rng) file, --eva.evolver_path),
-                                  evol_instruct or another LLM evolver (written by the policy
-                                  itself, or by the creator model --eva.evolver_model), or a
-                                  plugin's evolver
+                                  evolve(prompt, label, rng) file, --eva.evolver_path), an LLM
+                                  evolver (evol_instruct, evol_complexity, evol_quality,
+                                  self_instruct, tree_bon, distilabel), or a plugin's evolver
+    --eva.evolver_model / --eva.evolver_url / --eva.evolver_api_key_env
+                                  the creator LLM (LLM evolvers, --eva.rewrite_chosen): the policy
+                                  itself by default, a checkpoint or .gguf file, or the model
+                                  named --eva.evolver_model on an OpenAI-compatible server
     --eva.metric                  informativeness from the batch's own rewards (default A_avg)
     --eva.sample_mode             buffer draws: weighted by info (default), greedy, uniform
     --eva.buffer_size / --eva.top_frac / --eva.n_new / --eva.n_new_bootstrap / --eva.ratio_evol
@@ -34,7 +42,10 @@ listed is rejected by argparse rather than silently ignored. eva's own flags are
     --eva.total_prompts           prompt budget: a count or "Nx" (N times the seed set; default
                                   1x with eva, else seeds x --train.num_episodes). It sizes
                                   max_steps and the LR schedule before training starts.
-    --eva.filters / --eva.plugin / --eva.evolve_max_new_tokens, and openrlhf_eva.creator.flags'
+    --eva.filters                 filters every child must pass (default: all of
+                                  openrlhf_eva.creator.DEFAULT_FILTERS; rejections per filter in
+                                  eva/rejected_<filter> and on the console)
+    --eva.plugin / --eva.evolve_max_new_tokens, and openrlhf_eva.creator.flags'
                                   --eva.evolver_options / --eva.filter_options /
                                   --eva.evolve_feedback / --eva.evolve_parents / --eva.eval_prompts:
                                   as in openrlhf_eva.evolve
@@ -43,8 +54,9 @@ Outputs: the HF model in --ckpt.output_dir, plus `eva_metrics.jsonl` (one line p
 `eva_buffer.jsonl` (the final buffer, with lineage) and `eva_children.jsonl` (every evolved child
 with its parent, the parent's rewards and the filters' verdict). DeepSpeed checkpoints (model, optimizer,
 scheduler) go to --ckpt.path/_actor every --ckpt.save_steps; their client state carries the prompt
-source (buffer, data position, counters), the KL coefficient and every rank's RNG states, so
---ckpt.load_enable resumes exactly where the checkpoint was taken.
+source (buffer, data position, counters), the KL coefficient, every rank's RNG states and every
+rank's creator LLM counters (its sampling seed follows its call count), so --ckpt.load_enable
+resumes exactly where the checkpoint was taken.
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ import os
 import random
 import re
 import time
+import types
+from collections import Counter
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -62,9 +76,10 @@ import torch
 import torch.distributed as dist
 
 from openrlhf_eva import compat
-from openrlhf_eva.creator import EVOLVERS, EvolInstructEvolver, TaskEvolver, load_plugin, read_prompts
+from openrlhf_eva.creator import DEFAULT_FILTERS, EVOLVERS, TaskEvolver, load_plugin, read_prompts
 from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
 from openrlhf_eva.creator.online import OnlinePromptSource
+from openrlhf_eva.generation import Generator, HFGenerator, build_generator
 from openrlhf_eva.rewards import RewardError, build_reward
 from openrlhf_eva.rollout import apply_chat_template
 from openrlhf_eva.solve import online
@@ -165,9 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     # eva
     add("--eva.solver", default="pg", choices=["pg", "online_dpo"])
     add("--eva.beta", type=float, default=0.1, help="online DPO's beta")
-    add("--eva.evolver", default=None, help="task | evol_instruct | a plugin's evolver; unset: eva off")
+    add("--eva.rewrite_chosen", action="store_true", default=False,
+        help="online_dpo: let the creator LLM improve each pair's chosen response (kept only where usable)")
+    add("--eva.fused_logprobs", action="store_true", default=False,
+        help="compute log-probs with the fused lm_head + gather (no [B, T, V] logits)")
+    add("--eva.evolver", default=None, help="task | an LLM evolver (evol_instruct, evol_complexity, evol_quality, "
+        "self_instruct, tree_bon, distilabel) | a plugin's evolver; unset: eva off")
     add("--eva.evolver_path", default=None, help="the task evolver's file with evolve(prompt, label, rng)")
-    add("--eva.evolver_model", default=None, help="evol_instruct's creator model (default: the current policy)")
     add("--eva.evolve_max_new_tokens", type=int, default=512)
     add("--eva.metric", default="A_avg")
     add("--eva.sample_mode", default="weighted", help="how buffer prompts are drawn: weighted by info (the paper), "
@@ -178,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.n_new_bootstrap", type=int, default=2)
     add("--eva.ratio_evol", type=float, default=0.5)
     add("--eva.total_prompts", default=None, help='a prompt count, or "Nx" for N times the seed set')
-    add("--eva.filters", nargs="*", default=["empty", "unchanged", "duplicate"])
+    add("--eva.filters", nargs="*", default=list(DEFAULT_FILTERS), help="filters every evolved child must pass")
     add("--eva.plugin", action="append", default=[], help="Python file registering metrics/evolvers/filters")
     add_creator_flags(add)  # evolver/filter options shared with openrlhf_eva.evolve and train_ppo_ray
     return parser
@@ -210,6 +229,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      f"{'samples' if args.eva.solver == 'pg' else 'pairs'} of a rollout batch")
     if args.eva.evolver == "task" and not args.eva.evolver_path:
         parser.error("--eva.evolver task needs --eva.evolver_path (a file defining evolve(prompt, label, rng))")
+    if args.eva.rewrite_chosen and args.eva.solver != "online_dpo":
+        parser.error("--eva.rewrite_chosen improves the chosen response of online DPO pairs: "
+                     "it needs --eva.solver online_dpo")
+    if args.eva.evolver_url and not args.eva.evolver_model:
+        parser.error("--eva.evolver_url needs --eva.evolver_model, the served model's name")
     if args.ckpt.save_steps == -1:
         args.ckpt.save_steps = float("inf")
     return args
@@ -226,40 +250,42 @@ def total_prompts(spec: Optional[str], num_seeds: int) -> Optional[int]:
         raise ValueError(f'--eva.total_prompts {spec!r}: give a prompt count or "Nx" (N times the seed set)') from None
 
 
-def build_online_evolver(args, policy_module, tokenizer):
-    """The evolver --eva.evolver names, or None (eva off).
+def build_creator(args, policy_model, tokenizer) -> Optional[Generator]:
+    """The creator LLM, or None when nothing asks for one (no LLM evolver, no --eva.rewrite_chosen).
 
-    An LLM evolver (evol_instruct, or any registered class with ``uses_llm``) writes with the
-    current policy, or with the creator model --eva.evolver_model, through ``hf_generate_fn``.
+    A model served at --eva.evolver_url, else the checkpoint or .gguf file --eva.evolver_model,
+    else the policy itself: ``policy_model`` is the very module the DeepSpeed engine trains, so
+    the creator always writes with the current weights.
     """
-    for path in args.eva.plugin:
-        load_plugin(path)
+    evolver_class = EVOLVERS.get(args.eva.evolver) if args.eva.evolver not in (None, "task") else None
+    if not (getattr(evolver_class, "uses_llm", False) or args.eva.rewrite_chosen):
+        return None
+    sampling = dict(max_new_tokens=args.eva.evolve_max_new_tokens, temperature=args.rollout.temperature,
+                    top_p=args.rollout.top_p, seed=args.train.seed)
+    if args.eva.evolver_url:
+        return build_generator("openai", args.eva.evolver_model, url=args.eva.evolver_url,
+                               api_key_env=args.eva.evolver_api_key_env, **sampling)
+    if not args.eva.evolver_model:
+        return HFGenerator(policy_model, tokenizer, **sampling)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+    try:
+        return HFGenerator.from_pretrained(args.eva.evolver_model, device=device, **sampling)
+    except Exception as error:
+        raise CreatorLoadError(f"--eva.evolver_model {args.eva.evolver_model!r} could not be loaded: "
+                               f"{type(error).__name__}: {error}") from error
+
+
+def build_online_evolver(args, creator: Optional[Generator]):
+    """The evolver --eva.evolver names, or None (eva off); an LLM evolver writes with ``creator``."""
     if args.eva.evolver is None:
         return None
     options = evolver_options(args.eva)
     if args.eva.evolver == "task":
         return TaskEvolver(args.eva.evolver_path, **options)
     evolver_class = EVOLVERS.get(args.eva.evolver)
-    if not (evolver_class is EvolInstructEvolver or getattr(evolver_class, "uses_llm", False)):
-        return evolver_class(**options)
-    writer, writer_tokenizer = policy_module, tokenizer
-    if args.eva.evolver_model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-        try:
-            writer_tokenizer = AutoTokenizer.from_pretrained(args.eva.evolver_model)
-            writer = AutoModelForCausalLM.from_pretrained(
-                args.eva.evolver_model, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-        except Exception as error:
-            raise CreatorLoadError(f"--eva.evolver_model {args.eva.evolver_model!r} could not be loaded: "
-                                   f"{type(error).__name__}: {error}") from error
-        writer.to(device)
-        if writer_tokenizer.pad_token is None:
-            writer_tokenizer.pad_token = writer_tokenizer.eos_token
-    return evolver_class(generate=online.hf_generate_fn(
-        writer, writer_tokenizer, max_new_tokens=args.eva.evolve_max_new_tokens,
-        temperature=args.rollout.temperature, top_p=args.rollout.top_p), **options)
+    if getattr(evolver_class, "uses_llm", False):
+        return evolver_class(generate=creator, **options)
+    return evolver_class(**options)
 
 
 def build_reward_oracle(args):
@@ -360,21 +386,33 @@ class OnlineTrainer:
         reference = None
         if needs_reference:
             reference = Actor(pretrain, ds_config=strategy.get_ds_eval_config(), **actor_kwargs)
+        if args.eva.fused_logprobs:
+            from openrlhf_eva.solve.fused_actor import fused_forward
+
+            # Bound to these two instances rather than patched on the class (train_dpo's way): other
+            # Actors in the process keep upstream's forward. DeepSpeed's engines call it through
+            # nn.Module.__call__, which finds the instance attribute first.
+            for model in (actor, reference):
+                if model is not None:
+                    model.forward = types.MethodType(fused_forward, model)
         self.oracle = build_reward_oracle(args)
 
         seeds = read_prompts(args.data.prompt_dataset, args.data.input_key, args.data.label_key)
         seeds = seeds[: args.data.max_samples]
-        # A policy evolver generates with actor.model: the DeepSpeed engine below wraps that very
-        # object (moved and cast in place), so it always writes with the weights being trained.
-        self.evolver = build_online_evolver(args, actor.model, self.tokenizer)
+        for path in args.eva.plugin:
+            load_plugin(path)
+        # The policy as creator generates with actor.model: the DeepSpeed engine below wraps that
+        # very object (moved and cast in place), so it always writes with the weights being trained.
+        self.creator = build_creator(args, actor.model, self.tokenizer)
+        self.evolver = build_online_evolver(args, self.creator)
         self.source = OnlinePromptSource(
             seeds, args.rollout.batch_size, self.evolver,
             total_prompts=total_prompts(args.eva.total_prompts, len(seeds)),
             num_episodes=args.train.num_episodes, capacity=args.eva.buffer_size, top_frac=args.eva.top_frac,
             n_new=args.eva.n_new, n_new_bootstrap=args.eva.n_new_bootstrap, ratio_evol=args.eva.ratio_evol,
-            metric=args.eva.metric, sample_mode=args.eva.sample_mode, filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len),
-            seed=args.train.seed, rank=self.rank,
-            world_size=self.world_size, all_gather_object=self.all_gather_object)
+            metric=args.eva.metric, sample_mode=args.eva.sample_mode,
+            filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len), seed=args.train.seed,
+            rank=self.rank, world_size=self.world_size, all_gather_object=self.all_gather_object)
         # Optimizer steps per rollout batch are fixed, so the prompt budget sizes the schedule exactly.
         self.steps_per_batch = (args.rollout.batch_size * (self.n if self.solver == "pg" else 1)
                                 // args.train.batch_size * args.train.max_epochs)
@@ -412,17 +450,25 @@ class OnlineTrainer:
         self.kl_ctl.value = states["kl_coef"]
         if len(states["rng_states"]) == self.world_size:
             set_rng_states(states["rng_states"][self.rank])
+            if self.creator is not None and states.get("creator_stats"):
+                self.creator.stats = Counter(states["creator_stats"][self.rank])
         else:
             self.strategy.print(f"checkpoint saved by {len(states['rng_states'])} ranks, now {self.world_size}: "
-                                "RNG states are not restored")
+                                "RNG states and creator counters are not restored")
         self.strategy.print(f"resumed from {self.ckpt_dir} at step {states['global_step']} "
                             f"({self.source.prompts_served} prompts served)")
         return states["global_step"]
 
     def save_checkpoint(self, step: int) -> None:
-        """Model, optimizer and scheduler (DeepSpeed), plus the prompt source, KL and every rank's RNGs."""
+        """Model, optimizer and scheduler (DeepSpeed), plus the prompt source, KL and every rank's RNGs.
+
+        Every rank's creator counters too: a generator seeds each call from its call count, so a
+        resumed creator must count on from where it stopped to write what it would have written.
+        """
         client_states = {"global_step": step, "eva_source": self.source.state_dict(), "kl_coef": self.kl_ctl.value,
                          "rng_states": self.all_gather_object(rng_states())}
+        if self.creator is not None:
+            client_states["creator_stats"] = self.all_gather_object(dict(self.creator.stats))
         self.strategy.save_ckpt(self.actor.model, self.ckpt_dir, f"global_step{step}", self.args.ckpt.max_num,
                                 self.args.ckpt.max_mem, client_states)
 
@@ -462,9 +508,24 @@ class OnlineTrainer:
             train_metrics["kl"] = self.strategy.all_reduce(float(experience.info["kl"].mean()))
             self.kl_ctl.update(train_metrics["kl"], args.rollout.batch_size * n)
         else:
+            rewrite_metrics = {}
+            if args.eva.rewrite_chosen:
+                # Before any log-prob forward, so that policy and reference both score the rewrite.
+                rewrite_started = time.perf_counter()
+                counts = online.rewrite_chosen_responses(experience, rewards, [p.prompt for p in shard],
+                                                         rollouts.responses, tokenizer, self.creator, max_new_tokens)
+                totals = Counter()
+                for part in self.all_gather_object(dict(counts)):  # reasons differ by rank: no all_reduce
+                    totals.update(part)
+                rejected = {key[len("kept_"):]: count for key, count in totals.items() if key.startswith("kept_")}
+                rewrite_metrics = {"eva/rewrites_kept": totals["rewritten"],
+                                   "eva/rewrites_rejected": sum(rejected.values()),
+                                   **{f"eva/rewrites_rejected_{reason}": count for reason, count in rejected.items()},
+                                   "timing/rewrite": time.perf_counter() - rewrite_started}
             train_metrics = online.online_dpo_update(self.actor, self.reference, self.optimizer, self.scheduler,
                                                      self.strategy, experience, rewards, args, self.dpo_loss,
                                                      generator)
+            train_metrics.update(rewrite_metrics)
         update_seconds = time.perf_counter() - started - rollout_seconds - reward_seconds
 
         eva_metrics = self.source.observe(all_rewards, step, [row for part in parts for row in part["responses"]])
@@ -560,6 +621,12 @@ def _console_line(metrics: dict, num_batches: int) -> str:
                  f"info batch {metrics['eva/batch_info_mean']:.3f} buffer {metrics['eva/buffer_info_mean']:.3f}  "
                  f"children +{metrics['eva/children_accepted']} -{metrics['eva/children_rejected']}  "
                  f"depth {metrics['eva/buffer_depth_mean']:.2f}")
+        # Which filters reject, and how often: the first sign of a creator that writes badly.
+        rejected = [f"{key[len('eva/rejected_'):]} {count}" for key, count in metrics.items()
+                    if key.startswith("eva/rejected_") and count]
+        line += f" ({', '.join(rejected)})" if rejected else ""
+    if "eva/rewrites_kept" in metrics:
+        line += f"  | rewrites +{metrics['eva/rewrites_kept']} -{metrics['eva/rewrites_rejected']}"
     return line + f"  ({metrics['timing/step']:.2f}s)"
 
 

@@ -3,13 +3,13 @@ auth, retries, timeouts, malformed replies, concurrency), HF generate on the tin
 vLLM glue on a FakeLLM shaped like vllm.LLM."""
 
 import importlib.machinery
+import importlib.util
 import json
 import sys
-import threading
 import time
 import types
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,60 +18,16 @@ from openrlhf_eva.embedded.model import build_tiny
 from openrlhf_eva.generation import HFGenerator, OpenAIGenerator, VLLMGenerator, build_generator, load_causal_lm
 
 
-class ScriptedServer:
-    """An OpenAI-compatible server on 127.0.0.1 whose behaviour per request comes from ``script(body, n)``.
-
-    ``script`` returns (status, body bytes, delay seconds before answering). The server records every
-    request body and header, and the most requests it ever had in flight at once.
-    """
-
-    def __init__(self, script):
-        self.script, self.requests, self.in_flight, self.max_in_flight = script, [], 0, 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    number = len(server.requests)
-                    server.requests.append((self.path, dict(self.headers), body))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                status, payload, delay = server.script(body, number)
-                time.sleep(delay)
-                # Out of flight before the reply leaves: the client may send its next request as soon as
-                # it has read this one, possibly before this thread would run another line.
-                with server.lock:
-                    server.in_flight -= 1
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout): nothing to answer
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def load_test_helper(name: str):
+    """A helper module beside this file, by path: tests/ is not a package (see CONTRIBUTING.md)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def chat_reply(text):
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}).encode()
+scripted_server = load_test_helper("scripted_server")
+ScriptedServer, chat_reply = scripted_server.ScriptedServer, scripted_server.chat_reply
 
 
 def echo_script(body, number):

@@ -45,10 +45,11 @@ REWARD_FUNC = str(EMBEDDED / "reward_func.py")
 EVOLVE_FUNC = str(EMBEDDED / "evolve_func.py")
 
 EVA_FLAGS = {
-    "--eva.enable", "--eva.metric", "--eva.buffer_size", "--eva.top_frac", "--eva.n_new",
+    "--eva.enable", "--eva.metric", "--eva.sample_mode", "--eva.buffer_size", "--eva.top_frac", "--eva.n_new",
     "--eva.n_new_bootstrap", "--eva.ratio_evol", "--eva.total_prompts", "--eva.evolver", "--eva.evolver_path",
     "--eva.evolve_max_new_tokens", "--eva.filters", "--eva.plugin", "--eva.evolver_options", "--eva.evolve_feedback",
-    "--eva.evolve_parents", "--eva.filter_options", "--eva.eval_prompts",
+    "--eva.evolve_parents", "--eva.filter_options", "--eva.eval_prompts", "--eva.evolver_model", "--eva.evolver_url",
+    "--eva.evolver_api_key_env",
 }
 # Modules that import vllm at top, directly or through one that does; dropped after this file.
 VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli.train_ppo_ray",
@@ -248,7 +249,10 @@ def test_train_builds_the_eva_trainer_only_with_eva_enable(fakes, run_files):
         (["--eva.evolver", "task", "--eva.evolver_path", ""], "needs --eva.evolver_path"),
         (["--eva.evolver", "evol_instruct", "--vllm.num_engines", "0"], "set --vllm.num_engines"),
         (["--eva.evolver", "self_instruct", "--vllm.num_engines", "0"], "self_instruct rewrites with the vLLM"),
-        (["--eva.evolve_feedback"], "not available in the Ray path yet"),
+        (["--eva.evolve_feedback"], "evolver 'task' does not take --eva.evolve_feedback"),
+        (["--eva.sample_mode", "no_such_sampler"], "unknown sampler 'no_such_sampler'"),
+        (["--eva.evolver_url", "http://127.0.0.1:8000/v1"], "needs --eva.evolver_model"),
+        (["--eva.evolver_model", "some/checkpoint"], "names a model served at --eva.evolver_url"),
         (["--eva.evolver", "task", "--eva.evolver_path", EVOLVE_FUNC, "--eva.evolve_parents", "2"],
          "does not take --eva.evolve_parents"),
         (["--eva.evolver_options", "{not json"], "invalid JSON object value"),
@@ -336,15 +340,17 @@ def test_prompt_loader_serves_the_phase_plan_and_returns_rewards_in_batch_order(
         prompts = [item[1][0] for item in batch]
         from_buffer.append(sum(prompt.startswith("<") for prompt in prompts))
         rewards = {prompt: [rng.random() for _ in range(N)] for prompt in prompts}
-        arrival = list(rewards.items())
+        responses = {prompt: [f"{prompt} answer {k}" for k in range(N)] for prompt in prompts}
+        arrival = [(prompt, rewards[prompt], responses[prompt]) for prompt in prompts]
         rng.shuffle(arrival)  # groups come back in completion order, not batch order
         metrics = loader.observe(arrival, step)
         phases.append(metrics["eva/phase_index"])
         assert metrics["eva/batch_from_buffer"] == from_buffer[-1]
         assert all(isinstance(value, float) for value in metrics.values())  # scalars for upstream's loggers
-        for parent in loader.source.evolver.parents[-1]:  # the evolver saw each prompt with its own rewards
+        for parent in loader.source.evolver.parents[-1]:  # the evolver saw each prompt with its own rollouts
             templated = f"[{parent.prompt}]" if parent.id is None else f"<{parent.prompt}>"
             assert parent.rewards == pytest.approx(rewards[templated])
+            assert parent.responses == responses[templated]
     assert_follows_phase_plan(phases, from_buffer)
     with pytest.raises(StopIteration):
         next(loader)
@@ -354,7 +360,7 @@ def test_prompt_loader_resumes_from_its_state_dict(fakes, eva_args, run_files):
     def run_step(loader, step):
         prompts = [item[1][0] for item in draw_batch(loader)]
         rng = random.Random(step)
-        loader.observe([(prompt, [rng.random() for _ in range(N)]) for prompt in prompts], step)
+        loader.observe([(prompt, [rng.random() for _ in range(N)], None) for prompt in prompts], step)
 
     original = prompt_loader(fakes, eva_args.eva, seed_rows(run_files))
     for step in (1, 2):
@@ -400,7 +406,8 @@ def strategy_and_tokenizer(fakes, eva_args, run_files):
 def test_rewards_are_grouped_per_prompt_from_real_experiences(fakes, eva_args, strategy_and_tokenizer, num_prompts,
                                                               n, micro_batch, dynamic_batch, seed):
     """Real SamplesGenerator samples through RemoteExperienceMaker's micro-batching (and seqlen
-    balancing, which reorders samples): every prompt gets back exactly its own n rewards."""
+    balancing, which reorders samples): every prompt gets back exactly its own n rewards and, decoded
+    from the padded Experiences, its own n responses."""
     from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
@@ -419,10 +426,12 @@ def test_rewards_are_grouped_per_prompt_from_real_experiences(fakes, eva_args, s
     finally:
         args.train.dynamic_batch_enable, args.rollout.max_tokens_per_gpu, args.rollout.micro_batch_size = saved
 
-    groups = fakes.eva_ppo.prompt_rewards(experiences, n)
-    assert [prompt for prompt, _ in groups] == prompts
-    for (_, got), expected in zip(groups, rewards):
+    groups = fakes.eva_ppo.prompt_rollouts(experiences, n, tokenizer)
+    assert [prompt for prompt, _, _ in groups] == prompts
+    for (_, got, responses), expected in zip(groups, rewards):
         assert got == pytest.approx(expected)
+        assert responses == ["1" * (k + 1) for k in range(n)]  # what rollout_samples_in_arrival_order answered
+    assert all(responses is None for _, _, responses in fakes.eva_ppo.prompt_rollouts(experiences, n))
 
 
 def fake_policy_actor_class(fakes):
@@ -480,15 +489,12 @@ def tensorboard_scalars(log_root: Path) -> dict[str, list[float]]:
     return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_fit_runs_upstream_loop_on_eva_prompts(fakes, eva_args, run_files, monkeypatch):
-    """PPOTrainer.fit end to end with EvaPPOTrainer: the sequence `train()` runs (train_ppo_ray.py:151-188)."""
-    from openrlhf.trainer.ppo_trainer import prepare_datasets
+def fit_eva_trainer(fakes, args):
+    """The sequence `train()` runs (train_ppo_ray.py:151-188) with EvaPPOTrainer, over fake vLLM
+    engines and a fake policy actor; returns (strategy, max_steps, the policy actor group)."""
     from openrlhf.trainer.ray.launcher import RayActorGroup
-    from openrlhf.utils import get_strategy, get_tokenizer
+    from openrlhf.utils import get_strategy
 
-    args = eva_args
-    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "respond", staticmethod(solver_policy))
-    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "calls", [])
     strategy = get_strategy(args)
     engines = fake_vllm_engines(fakes, args, args.vllm.num_engines)
     actor_group = RayActorGroup(1, 1, fake_policy_actor_class(fakes), pg=None, num_gpus_per_actor=1)
@@ -500,6 +506,18 @@ def test_fit_runs_upstream_loop_on_eva_prompts(fakes, eva_args, run_files, monke
     max_steps = ray.get(trainer.get_max_steps.remote())
     ray.get(actor_group.async_init_model_from_pretrained(strategy, args.actor.model_name_or_path, max_steps, engines))
     ray.get(trainer.fit.remote())
+    return strategy, max_steps, actor_group
+
+
+def test_fit_runs_upstream_loop_on_eva_prompts(fakes, eva_args, run_files, monkeypatch):
+    """PPOTrainer.fit end to end with EvaPPOTrainer."""
+    from openrlhf.trainer.ppo_trainer import prepare_datasets
+    from openrlhf.utils import get_tokenizer
+
+    args = eva_args
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "respond", staticmethod(solver_policy))
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "calls", [])
+    strategy, max_steps, actor_group = fit_eva_trainer(fakes, args)
 
     # max_steps from the budget (48 prompts x 4 samples / 16 per optimizer step), not the 24 seeds.
     tokenizer = get_tokenizer(args.actor.model_name_or_path, None, "left", strategy)
@@ -524,6 +542,34 @@ def test_fit_runs_upstream_loop_on_eva_prompts(fakes, eva_args, run_files, monke
     assert sum(text not in seeds for text in rolled_out) == sum(from_buffer) * N
     buffer_rows = [json.loads(line) for line in (run_files.root / "out" / "eva_buffer.jsonl").read_text().splitlines()]
     assert buffer_rows and all(row["depth"] >= 1 and row["label"] == solve(row["text"]) for row in buffer_rows)
+
+
+def test_fit_shows_the_creator_each_parents_best_and_weakest_response(fakes, run_files, monkeypatch, tmp_path):
+    """--eva.evolve_feedback in the Ray path: the responses the engines gave reach evol_instruct's
+    meta-prompts, decoded from the batch's Experiences."""
+    args, _ = upstream_train_args(fakes, base_argv(
+        run_files, "--eva.enable", "--eva.evolver", "evol_instruct", "--eva.evolve_feedback", "--data.max_len",
+        "4096", "--vllm.num_engines", "1", "--eva.total_prompts", "16", "--ckpt.output_dir", str(tmp_path / "out"),
+        "--logger.tensorboard_dir", str(tmp_path / "tb")))
+
+    def policy_and_creator(text, sampling_params, request_number):
+        if "<<<" in text:  # a meta-prompt: the frames quote the parent between <<< and >>>
+            return f"Rewritten prompt: copy {request_number}"
+        return solver_policy(text, sampling_params, request_number)
+
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "respond", staticmethod(policy_and_creator))
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "calls", [])
+    fit_eva_trainer(fakes, args)
+
+    sent = [text for method, text in fakes.vllm.FakeAsyncLLMEngine.calls if method == "generate"]
+    meta_prompts = [text for text in sent if "<<<" in text]
+    assert len(meta_prompts) == 2 * (BATCH // 2) * args.eva.n_new  # 2 steps, the top half of each batch evolved
+    for text in meta_prompts:
+        parent = text.split("<<<\n")[1].split("\n>>>")[0]
+        best = text.split("Its best answer")[1].split("<<<\n")[1].split("\n>>>")[0]
+        weakest = text.split("Its weakest answer")[1].split("<<<\n")[1].split("\n>>>")[0]
+        # solver_policy's two answers to the parent: the right one, or one digit short
+        assert {best, weakest} <= {solve(parent), solve(parent)[:-1]}
 
 
 def test_evol_instruct_rewrites_through_sleeping_vllm_engines(fakes, run_files, monkeypatch):
@@ -590,3 +636,22 @@ def test_any_llm_evolver_runs_on_the_vllm_engines_with_its_options(fakes, run_fi
     assert [child.prompt for child in children] == ["longer longer prompt"] * 2
     sent = [text for method, text in fakes.vllm.FakeAsyncLLMEngine.calls if method == "generate"]
     assert len(sent) == 4 and all("copy 4721" in text and "rev 12" in text for text in sent)
+
+
+def test_a_creator_served_at_evolver_url_writes_instead_of_the_engines(fakes, run_files, monkeypatch):
+    from openrlhf_eva.creator import Parent
+
+    scripted_server = load_by_path("scripted_server", HERE / "scripted_server.py")
+    monkeypatch.setattr(fakes.vllm.FakeAsyncLLMEngine, "calls", [])
+    reply = scripted_server.chat_reply("Rewritten prompt: sort 4721 twice")
+    with scripted_server.ScriptedServer(lambda body, number: (200, reply, 0.0)) as server:
+        # No vLLM engines at all: the served creator is enough for an LLM evolver.
+        args, _ = upstream_train_args(fakes, base_argv(
+            run_files, "--eva.enable", "--eva.evolver", "evol_complexity", "--eva.evolver_url", server.url,
+            "--eva.evolver_model", "served-creator", "--eva.evolve_max_new_tokens", "32", "--vllm.num_engines", "0"))
+        evolver = fakes.eva_ppo.build_online_evolver(args, [], None)
+        children = evolver.evolve([Parent(id=None, prompt="copy 4721")], 2, random.Random(0))
+    assert [child.prompt for child in children] == ["sort 4721 twice"] * 2
+    assert [(body["model"], body["max_tokens"]) for _, _, body in server.requests] == [("served-creator", 32)] * 2
+    assert "copy 4721" in server.requests[0][2]["messages"][-1]["content"]
+    assert fakes.vllm.FakeAsyncLLMEngine.calls == []

@@ -7,29 +7,42 @@ The end-to-end runs use the embedded task family and a warm-started tiny Llama:
   must end with the same buffer and the same metrics (timings aside);
 - a 2-rank online-DPO run with the policy itself as evol_instruct creator, whose ranks must hold
   identical buffers after every step and split the evolving between them.
+
+Short runs in this process (one rank, the untrained tiny Llama, a few seconds each) cover the
+flags that switch a path inside a step: --eva.fused_logprobs, the LLM evolvers writing with the
+policy (and a resume that continues the creator's seeds), and --eva.rewrite_chosen with a creator
+served over HTTP.
 """
 
 import ast
+import importlib.util
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import openrlhf
 import openrlhf_eva.embedded as embedded
-from openrlhf_eva.creator import read_prompts, write_jsonl
+from openrlhf_eva import train_rloo
+from openrlhf_eva.creator import DEFAULT_FILTERS, read_prompts, write_jsonl
 from openrlhf_eva.embedded.data import make_seeds
+from openrlhf_eva.embedded.model import build_tiny
 from openrlhf_eva.embedded.reward import score
 from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
 from openrlhf_eva.rollout import sample_responses
-from openrlhf_eva.train_rloo import CreatorLoadError, build_online_evolver, build_parser, parse_args, total_prompts
+from openrlhf_eva.solve import fused_actor, online
+from openrlhf_eva.solve.online import best_and_worst
+from openrlhf_eva.train_rloo import CreatorLoadError, build_creator, build_parser, parse_args, total_prompts
 
 EMBEDDED = Path(embedded.__file__).parent
 UNCOMPARABLE = object()
@@ -83,8 +96,10 @@ def test_flag_checks_and_the_prompt_budget():
     args = parse_args(base)
     assert args.algo.advantage.estimator == "rloo" and args.actor.eps_clip_low_high == (0.2, 0.2)
     assert args.eva.buffer_size == 3200 and args.eva.n_new == 4 and args.eva.metric == "A_avg"
+    assert args.eva.filters == list(DEFAULT_FILTERS) and not args.eva.fused_logprobs and not args.eva.rewrite_chosen
     for bad in (["--rollout.n_samples_per_prompt", "1"], ["--train.batch_size", "12"], ["--eva.evolver", "task"],
-                ["--vllm.num_engines", "1"], ["--algo.advantage.estimator", "gae"]):
+                ["--vllm.num_engines", "1"], ["--algo.advantage.estimator", "gae"], ["--eva.rewrite_chosen"],
+                ["--eva.evolver_url", "http://127.0.0.1:8000/v1"]):
         with pytest.raises(SystemExit):
             parse_args(base + bad)
     assert total_prompts(None, 64) is None
@@ -98,7 +113,7 @@ def test_a_creator_model_that_cannot_load_is_a_clear_error(tmp_path):
                        "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "2", "--eva.evolver",
                        "evol_instruct", "--eva.evolver_model", str(tmp_path / "no-such-model")])
     with pytest.raises(CreatorLoadError, match="--eva.evolver_model .*no-such-model.* could not be loaded"):
-        build_online_evolver(args, None, None)
+        build_creator(args, None, None)
 
 
 # --- end-to-end runs ---------------------------------------------------------------------------------
@@ -145,6 +160,14 @@ def check_run(cmd, log: Path, port: int, timeout: int = 600) -> None:
 def read_metrics(out: Path) -> list[dict]:
     with open(out / "model" / "eva_metrics.jsonl") as file:
         return [json.loads(line) for line in file]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if not key.startswith("timing/")} for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +228,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_buffer_and_metrics(ta
     check_run(rloo_command(task, out, "--ckpt.load_enable"), root / "resumed.log", 29663)
     assert "resumed from" in (root / "resumed.log").read_text()
 
-    def comparable(rows):
-        return [{k: v for k, v in row.items() if not k.startswith("timing/")} for row in rows]
-
-    assert comparable(read_metrics(out)) == comparable(read_metrics(reference_run))
+    assert without_timings(read_metrics(out)) == without_timings(read_metrics(reference_run))
     buffer_file = Path("model") / "eva_buffer.jsonl"
     assert (out / buffer_file).read_text() == (reference_run / buffer_file).read_text()
 
@@ -241,3 +261,181 @@ def test_two_ranks_hold_identical_buffers_after_every_step(task):
     assert all(0 <= m["dpo_pairs"] <= 8 for m in metrics) and sum(m["dpo_pairs"] for m in metrics) > 0
     # the first pairs meet policy == reference; later ones a policy DPO has moved
     assert metrics[0]["dpo_reward_margin"] == 0 and any(m["dpo_reward_margin"] != 0 for m in metrics[1:])
+
+
+# --- short runs in this process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The untrained tiny Llama, 8 task seeds, and one rank in this process.
+
+    The rendezvous variables (a free port) are put back afterwards and the gloo group is destroyed.
+    DeepSpeed keeps its clone of the world group (deepspeed.utils.groups._WORLD_GROUP) past a
+    destroy; a stale clone makes the next engine broadcast over a group torch no longer knows, so
+    it is dropped before this module's first run (another module may have destroyed its group)
+    and after its last.
+    """
+    from deepspeed.utils import groups as deepspeed_groups
+
+    root = tmp_path_factory.mktemp("train_rloo_in_process")
+    seeds = root / "seeds.jsonl"
+    write_jsonl(seeds, make_seeds(8, seed=0))
+    if not torch.distributed.is_initialized():
+        deepspeed_groups._WORLD_GROUP = None
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT=str(free_port())).items():
+            patch.setenv(name, value)
+        yield SimpleNamespace(model=build_tiny(root / "tiny", seed=0), seeds=str(seeds))
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        deepspeed_groups._WORLD_GROUP = None
+
+
+def run_in_process(run, out: Path, *extra: str) -> "train_rloo.OnlineTrainer":
+    """What train_rloo's main() runs, in this process: batches of 4 prompts x 4 samples, 8-token
+    responses; returns the trainer for a look at its parts."""
+    argv = [
+        "--actor.model_name_or_path", run.model, "--data.prompt_dataset", run.seeds, "--data.input_key", "prompt",
+        "--data.label_key", "label", "--data.apply_chat_template", "--data.max_len", "48",
+        "--reward.remote_url", str(EMBEDDED / "reward_func.py"),
+        "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "8",
+        "--rollout.micro_batch_size", "16", "--actor.adam.lr", "1e-3", "--actor.lr_warmup_ratio", "0",
+        "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
+        *extra,
+    ]
+    trainer = train_rloo.OnlineTrainer(parse_args(argv))
+    trainer.fit()
+    return trainer
+
+
+# Forwards a step: pg takes old log-probs, the reference's and 2 training micro-batches; online
+# DPO the reference's and 2 training micro-batches (of pairs).
+@pytest.mark.parametrize("solver, compared, forwards_per_step", [
+    (["--eva.solver", "pg", "--algo.kl.init_coef", "0.01", "--train.batch_size", "16", "--train.micro_batch_size",
+      "8"], ("policy_loss", "actor_grad_norm", "ppo_kl", "kl"), 4),
+    (["--eva.solver", "online_dpo", "--train.batch_size", "4", "--train.micro_batch_size", "2"],
+     ("dpo_loss", "actor_grad_norm", "dpo_reward_margin"), 3),
+], ids=["pg_with_kl", "online_dpo"])
+def test_fused_logprobs_give_the_same_training_steps(tiny_run, tmp_path, monkeypatch, solver, compared,
+                                                     forwards_per_step):
+    fused_calls = []
+
+    def counted(*args, **kwargs):
+        fused_calls.append(args[0].shape)
+        return fused_linear_logprobs(*args, **kwargs)
+
+    fused_linear_logprobs = fused_actor.fused_linear_logprobs
+    monkeypatch.setattr(fused_actor, "fused_linear_logprobs", counted)
+    flags = [*solver, "--ds.zero_stage", "0", "--eva.total_prompts", "8"]  # 2 steps: the second has kl != 0
+    run_in_process(tiny_run, tmp_path / "upstream", *flags)
+    assert fused_calls == []
+    trainer = run_in_process(tiny_run, tmp_path / "fused", *flags, "--eva.fused_logprobs")
+    # Policy and reference (the pg run loads one for its KL): every forward took the fused path.
+    assert trainer.actor.forward.__func__ is trainer.reference.forward.__func__ is fused_actor.fused_forward
+    assert len(fused_calls) == 2 * forwards_per_step
+
+    upstream, fused = read_metrics(tmp_path / "upstream"), read_metrics(tmp_path / "fused")
+    assert len(upstream) == len(fused) == 2
+    assert any(step[compared[-1]] != 0 for step in upstream)  # kl, margin: the policy moved off the reference
+    for before, after in zip(upstream, fused):
+        for key in compared:
+            assert after[key] == pytest.approx(before[key], rel=1e-5, abs=1e-7), (before["step"], key)
+    upstream_weights = load_file(tmp_path / "upstream" / "model" / "model.safetensors")
+    fused_weights = load_file(tmp_path / "fused" / "model" / "model.safetensors")
+    for name, weight in upstream_weights.items():
+        torch.testing.assert_close(fused_weights[name], weight, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_the_policy_writes_evol_instruct_children_and_a_resumed_run_writes_the_same(tiny_run, tmp_path):
+    """Online DPO with the policy as creator of children (with feedback) and of rewrites. Resumed
+    from its step-2 checkpoint, the run repeats step 3 exactly: the creator's seeds count on."""
+    flags = ["--eva.solver", "online_dpo", "--train.batch_size", "4", "--train.micro_batch_size", "4",
+             "--ds.zero_stage", "2", "--eva.evolver", "evol_instruct", "--eva.evolve_feedback",
+             "--eva.evolve_max_new_tokens", "8", "--eva.top_frac", "0.25", "--eva.n_new", "2",
+             "--eva.buffer_size", "16", "--eva.total_prompts", "12", "--eva.rewrite_chosen", "--ckpt.save_steps", "2"]
+    out = tmp_path / "run"
+    trainer = run_in_process(tiny_run, out, *flags)
+    metrics, children = read_metrics(out), read_jsonl(out / "model" / "eva_children.jsonl")
+    weights = (out / "model" / "model.safetensors").read_bytes()
+
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["eva/children_generated"] > 0 for m in metrics)
+    assert len(children) == sum(m["eva/children_generated"] for m in metrics)
+    assert {row["method"] for row in children} <= set(trainer.evolver.methods)
+    assert all(row["accepted"] == (row["reason"] is None) for row in children)
+    assert sum(row["accepted"] for row in children) == metrics[-1]["eva/total_children_accepted"]
+    assert all(m["eva/evolver_feedback_used"] > 0 for m in metrics)  # the parents' responses reached the creator
+    assert all(m["eva/rewrites_kept"] + m["eva/rewrites_rejected"] == m["dpo_pairs"] for m in metrics)
+    # one batched call a step to evolve, and one to rewrite where the step had pairs
+    assert trainer.creator.stats["calls"] == 3 + sum(m["dpo_pairs"] > 0 for m in metrics)
+
+    resumed = run_in_process(tiny_run, out, *flags, "--ckpt.load_enable")
+    assert resumed.creator.stats["calls"] == trainer.creator.stats["calls"]
+    assert without_timings(read_metrics(out)) == without_timings(metrics)
+    assert read_jsonl(out / "model" / "eva_children.jsonl") == children
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_the_distilabel_evolver_writes_with_the_policy(tiny_run, tmp_path):
+    pytest.importorskip("distilabel", reason="the distilabel extra is not installed")
+    out = tmp_path / "run"
+    run_in_process(tiny_run, out, "--train.batch_size", "16", "--train.micro_batch_size", "16",
+                   "--algo.kl.init_coef", "0", "--ds.zero_stage", "0", "--eva.evolver", "distilabel",
+                   "--eva.evolver_options", '{"task": "EvolInstruct"}', "--eva.evolve_max_new_tokens", "8",
+                   "--eva.top_frac", "0.25", "--eva.n_new", "2", "--eva.total_prompts", "8")
+    metrics, children = read_metrics(out), read_jsonl(out / "model" / "eva_children.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and all(m["eva/children_generated"] > 0 for m in metrics)
+    assert len(children) == sum(m["eva/children_generated"] for m in metrics)
+    assert all(row["method"] == "distilabel/EvolInstruct" and row["parent"] for row in children)
+    assert "eva/evolve_error" not in metrics[-1]
+
+
+def load_test_helper(name: str):
+    """A helper module beside this file, by path: tests/ is not a package (see CONTRIBUTING.md)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rewrite_chosen_trains_on_the_served_rewrite(tiny_run, tmp_path, monkeypatch):
+    """--eva.rewrite_chosen with the creator on an OpenAI-compatible server that always answers
+    one rewrite: every pair the DPO update trains on has it as its chosen response, eos-terminated."""
+    scripted_server = load_test_helper("scripted_server")
+    rewrite = "12 34"  # two words: within the rewriter's 0.5x-2x of any 8-token sample
+    trained = []
+
+    def recorded_update(actor, reference, optimizer, scheduler, strategy, experience, rewards, *args):
+        trained.append((experience.sequences.clone(), experience.action_mask.clone(), rewards.clone()))
+        return online_dpo_update(actor, reference, optimizer, scheduler, strategy, experience, rewards, *args)
+
+    online_dpo_update = online.online_dpo_update
+    monkeypatch.setattr(online, "online_dpo_update", recorded_update)
+    with scripted_server.ScriptedServer(lambda body, n: (200, scripted_server.chat_reply(rewrite), 0.0)) as server:
+        trainer = run_in_process(
+            tiny_run, tmp_path, "--eva.solver", "online_dpo", "--train.batch_size", "4", "--train.micro_batch_size",
+            "4", "--ds.zero_stage", "0", "--eva.total_prompts", "8", "--eva.rewrite_chosen",
+            "--eva.evolver_url", server.url, "--eva.evolver_model", "served-creator")
+
+    metrics = read_metrics(tmp_path)
+    assert sum(m["dpo_pairs"] for m in metrics) > 0
+    assert [m["eva/rewrites_kept"] for m in metrics] == [m["dpo_pairs"] for m in metrics]
+    assert all(m["eva/rewrites_rejected"] == 0 for m in metrics)
+    assert len(server.requests) == sum(m["dpo_pairs"] for m in metrics)
+    assert {body["model"] for _, _, body in server.requests} == {"served-creator"}
+
+    tokenizer = trainer.tokenizer
+    for sequences, action_mask, rewards in trained:
+        chosen, _, has_pair = best_and_worst(rewards)
+        for prompt in has_pair.nonzero().flatten().tolist():
+            row = prompt * 4 + int(chosen[prompt])
+            response = sequences[row, -action_mask.shape[1]:][action_mask[row]]
+            assert tokenizer.decode(response, skip_special_tokens=False) == rewrite + tokenizer.eos_token

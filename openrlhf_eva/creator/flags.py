@@ -1,7 +1,9 @@
 """The creator's ``--eva.*`` flags that every entry point shares, and how they become evolver and filter options.
 
 ``openrlhf_eva.evolve``, ``train_ppo_ray`` and ``train_rloo`` call ``add_creator_flags(add)`` with
-their parser's ``add_argument`` (each keeps its own ``--eva.evolver`` and ``--eva.filters``), then,
+their parser's ``add_argument`` (each keeps its own ``--eva.evolver`` and ``--eva.filters``). The
+creator LLM flags (``--eva.evolver_model``, ``--eva.evolver_url``, ``--eva.evolver_api_key_env``) mean
+the same everywhere; each entry point builds its ``openrlhf_eva.generation`` backend from them. Then,
 with the parsed ``args.eva``:
     evolver_options(args.eva)        keyword options for ``build_evolver(args.eva.evolver, generate=...)``
     build_creator_filters(args.eva)  the built filters to pass as ``filters=`` to ``creator_step`` /
@@ -40,6 +42,11 @@ json_object_text.__name__ = "JSON object"  # argparse names the type in its erro
 
 
 def add_creator_flags(add: Callable[..., Any]) -> None:
+    add("--eva.evolver_model", default=None,
+        help="the creator LLM: a checkpoint or .gguf file, or the served model's name with --eva.evolver_url "
+             "(default: the policy)")
+    add("--eva.evolver_url", default=None, help="an OpenAI-compatible server for the creator LLM")
+    add("--eva.evolver_api_key_env", default="OPENAI_API_KEY", help="environment variable holding its API key")
     add("--eva.evolver_options", type=json_object_text, default="{}",
         help='keyword options of the evolver as JSON, e.g. \'{"methods": ["constraints", "reasoning"]}\', '
              '\'{"width": 4, "scorer": "judge"}\' for tree_bon, \'{"task": "EvolComplexity"}\' for distilabel')

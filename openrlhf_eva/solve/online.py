@@ -17,7 +17,8 @@ One rank's work per step, in order:
 5. ``policy_update``: OpenRLHF's ``PolicyLoss`` (+ KL loss with ``--algo.kl.use_loss``) over
    micro-batches, normalised per optimizer step by ``iter_grad_accum_global_norm``, stepped by the
    DeepSpeed strategy; or ``online_dpo_update``: best vs worst of the n samples of each prompt,
-   eva's ``PreferenceLoss("dpo")`` against the reference (OAIF).
+   eva's ``PreferenceLoss("dpo")`` against the reference (OAIF), after ``rewrite_chosen_responses``
+   (``--eva.rewrite_chosen``) has put the creator's improved chosen responses into the experience.
 
 Groups with a non-finite reward get advantage 0 (online DPO: no pair) rather than being dropped, so
 every rank runs the same number of micro-batches and the optimizer-step count stays exact.
@@ -25,8 +26,8 @@ every rank runs the same number of micro-batches and the optimizer-step count st
 
 from __future__ import annotations
 
-import hashlib
-from typing import Callable, Sequence
+from collections import Counter
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,7 @@ from openrlhf.utils.loss_utils import iter_grad_accum_global_norm
 
 from openrlhf_eva.rollout import Rollouts
 from openrlhf_eva.solve.losses import PreferenceLoss
+from openrlhf_eva.solve.rewriter import rewrite_chosen
 
 # Estimators this trainer offers: OpenRLHF's critic-free ones that need no batch-wide baseline.
 ESTIMATORS = ("rloo", "reinforce", "reinforce_baseline", "group_norm", "dr_grpo")
@@ -314,36 +316,53 @@ def online_dpo_update(actor, reference, optimizer, scheduler, strategy, experien
     return metrics
 
 
-def hf_generate_fn(model, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float, batch_size: int = 16,
-                   chat_template: bool = True) -> Callable[[list[str]], list[str]]:
-    """``generate(list[str]) -> list[str]`` for ``EvolInstructEvolver``: one sample per prompt.
+def rewrite_chosen_responses(experience: Experience, rewards: torch.Tensor, prompts: Sequence[str],
+                             responses: Sequence[Sequence[str]], tokenizer, generate, max_tokens: int) -> Counter:
+    """``--eva.rewrite_chosen``: each pair's chosen row becomes the creator's improved response, in place.
 
-    The sampling seed is a hash of the prompts themselves, so a resumed run writes the same children
-    as an uninterrupted one without any generator state to save.
+    ``prompts`` are the raw user prompts (what the rewrite frame quotes) and ``responses`` the
+    decoded samples ``[P][n]``. A usable rewrite (``openrlhf_eva.solve.rewriter``) is tokenised
+    after the row's prompt tokens and ends with eos; it may use the rollout's whole response budget
+    ``max_tokens``, the response columns widening with padding where it is longer than every
+    sample. One that does not fit is kept out as ``too_many_tokens``. Returns the rewriter's counts:
+    ``rewritten`` and ``kept_<reason>`` (the sampled response stays).
     """
-    from openrlhf_eva.rollout import apply_chat_template
+    n = rewards.shape[1]
+    chosen, _, has_pair = best_and_worst(rewards)
+    pairs = has_pair.nonzero().flatten().tolist()
+    result = rewrite_chosen(generate, [prompts[i] for i in pairs], [responses[i][int(chosen[i])] for i in pairs])
+    counts = Counter(result.counts)
+    new_responses = {}  # experience row -> response token ids, eos included
+    for i, text, usable in zip(pairs, result.texts, result.rewritten):
+        if not usable:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) > max_tokens:
+            counts["rewritten"] -= 1
+            counts["kept_too_many_tokens"] += 1
+            continue
+        new_responses[i * n + int(chosen[i])] = ids
+    if not new_responses:
+        return +counts
 
-    def generate_texts(prompts: list[str]) -> list[str]:
-        templated = apply_chat_template(tokenizer, prompts) if chat_template else list(prompts)
-        seed = int(hashlib.sha256("\x00".join(prompts).encode()).hexdigest()[:8], 16)
-        device = next(model.parameters()).device
-        texts: list[str] = []
-        was_training = model.training
-        model.eval()
-        padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            for start in range(0, len(templated), batch_size):
-                enc = tokenizer(templated[start:start + batch_size], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
-                with torch.no_grad():
-                    out = seeded_generate(model, seed=seed + start, **enc, do_sample=temperature > 0,
-                                          temperature=temperature if temperature > 0 else None, top_p=top_p,
-                                          max_new_tokens=max_new_tokens, use_cache=True,
-                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        finally:
-            tokenizer.padding_side = padding_side
-            model.train(was_training)
-        return texts
-
-    return generate_texts
+    width = max(len(ids) for ids in new_responses.values())
+    extra = width - experience.action_mask.shape[1]
+    if extra > 0:  # right of every response is padding: wider rows change no other row's log-probs
+        rows = len(experience.sequences)
+        experience.sequences = torch.cat([experience.sequences, experience.sequences.new_full(
+            (rows, extra), tokenizer.pad_token_id)], dim=1)
+        experience.attention_mask = torch.cat([experience.attention_mask,
+                                               experience.attention_mask.new_zeros(rows, extra)], dim=1)
+        experience.action_mask = torch.cat([experience.action_mask,
+                                            experience.action_mask.new_zeros(rows, extra)], dim=1)
+    start = experience.sequences.shape[1] - experience.action_mask.shape[1]  # first response column
+    for row, ids in new_responses.items():
+        experience.sequences[row, start:] = tokenizer.pad_token_id
+        experience.sequences[row, start:start + len(ids)] = torch.tensor(ids)
+        experience.action_mask[row] = False
+        experience.action_mask[row, :len(ids)] = True
+        experience.attention_mask[row, start:] = experience.action_mask[row].long()
+        experience.response_length[row] = len(ids)
+        experience.truncated[row] = False
+        experience.total_length[row] = experience.attention_mask[row].sum()
+    return +counts

@@ -11,7 +11,8 @@ reason counted, so a bad rewriter can never empty or corrupt the preference data
     refusal    the rewriter declined
     unchanged  the same text as the original
 
-Callers: ``openrlhf_eva.evolve --eva.rewrite_chosen`` (offline pairs) and the online DPO solver.
+Callers: ``openrlhf_eva.evolve --eva.rewrite_chosen`` (offline pairs) and the online DPO solver
+(``openrlhf_eva.train_rloo --eva.rewrite_chosen``, through ``solve.online.rewrite_chosen_responses``).
 """
 
 from __future__ import annotations
