@@ -36,14 +36,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -139,14 +138,10 @@ def run_rloo(config: BenchConfig, arm: str, model_dir: Path, out: Path, seed: in
             super().log(metrics)
             step = metrics["step"]
             if self.evolver is not None:
-                kinds: dict[str, int] = {}
-                levels: dict[str, int] = {}
-                for entry in self.source.buffer:
-                    kinds[entry.metadata.get("kind", "?")] = kinds.get(entry.metadata.get("kind", "?"), 0) + 1
-                    level = str(entry.metadata.get("difficulty", "?"))
-                    levels[level] = levels.get(level, 0) + 1
-                append_jsonl(out / "model" / "buffer_composition.jsonl",
-                             {"step": step, "kinds": kinds, "difficulty": levels})
+                entries = [entry.metadata for entry in self.source.buffer]
+                append_jsonl(out / "model" / "buffer_composition.jsonl", {
+                    "step": step, "kinds": Counter(m.get("kind", "?") for m in entries),
+                    "difficulty": Counter(str(m.get("difficulty", "?")) for m in entries)})
             if step % config.rloo_eval_every == 0 or step == self.source.num_batches:
                 result = evaluate_model(self.actor.model.module, self.tokenizer, test_rows, REWARD_FILE,
                                         max_new_tokens=config.max_new_tokens, group_keys=("split", "difficulty"))
@@ -225,6 +220,17 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in file if line.strip()]
 
 
+def leave_no_process_group() -> None:
+    """Runs share their process: destroy any process group, and drop DeepSpeed's cached clone of
+    the world group, which would otherwise point the next engine at a destroyed group."""
+    import torch
+    from deepspeed.utils import groups as deepspeed_groups
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    deepspeed_groups._WORLD_GROUP = None
+
+
 def run_one(task: tuple) -> dict:
     """A worker's unit: one (solver, arm, seed) run, cached by its result.json; errors are returned."""
     config, solver, arm, seed, model_dir, out, test_rows, threads = task
@@ -236,23 +242,14 @@ def run_one(task: tuple) -> dict:
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    if not torch.distributed.is_initialized():  # a group destroyed by earlier work leaves a stale clone
-        from deepspeed.utils import groups as deepspeed_groups
-
-        deepspeed_groups._WORLD_GROUP = None
+    leave_no_process_group()  # earlier in-process work may have left a group, or a stale clone of one
     try:
         with open(out / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             result = RUNNERS[solver](config, arm, model_dir, out, seed, test_rows)
     except Exception:
         return {"solver": solver, "arm": arm, "seed": seed, "error": traceback.format_exc()}
     finally:
-        # Runs share this process: leave no process group behind, and drop DeepSpeed's cached clone
-        # of the world group, which would otherwise point the next engine at a destroyed group.
-        from deepspeed.utils import groups as deepspeed_groups
-
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        deepspeed_groups._WORLD_GROUP = None
+        leave_no_process_group()
     result.update(solver=solver, arm=arm, seed=seed, seconds=time.time() - started)
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -362,12 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 def configure(args) -> BenchConfig:
     config = SCALES[args.scale]
     changes: dict[str, Any] = {}
+    settable = [f.name for f in dataclasses.fields(BenchConfig) if f.name not in ("seeds", "arms", "solvers", "extra")]
     for item in args.set:
         key, _, value = item.partition("=")
-        fields = {f.name: f for f in dataclasses.fields(BenchConfig)}
-        if key not in fields or key in ("seeds", "arms", "solvers", "extra"):
-            raise SystemExit(f"--set {item}: unknown or not settable field; settable: "
-                             f"{', '.join(k for k in fields if k not in ('seeds', 'arms', 'solvers', 'extra'))}")
+        if key not in settable:
+            raise SystemExit(f"--set {item}: unknown or not settable field; settable: {', '.join(settable)}")
         changes[key] = type(getattr(config, key))(value) if getattr(config, key) is not None else int(value)
     for name in ("solvers", "arms", "seeds"):
         if getattr(args, name):
