@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -45,6 +46,17 @@ def _load_triton() -> Optional[ModuleType]:
     return _triton_module
 
 
+_warned: set = set()
+
+
+def warn_slow_path(reason: str) -> None:
+    """One RuntimeWarning per distinct reason the slower path runs (on CUDA; the torch path is
+    the CPU's normal path and warns about nothing)."""
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"openrlhf_eva.ops: slower path: {reason}", RuntimeWarning, stacklevel=3)
+
+
 def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
@@ -63,7 +75,12 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None, dtype: 
     triton_device = device.type == "cuda" or (device.type == "cpu" and _interpret_requested())
     if name == "auto":
         triton_dtype = dtype in (None, torch.float16, torch.bfloat16, torch.float32)
-        return "triton" if triton_device and triton_dtype and _load_triton() is not None else "torch"
+        if triton_device and triton_dtype and _load_triton() is not None:
+            return "triton"
+        if device.type == "cuda":
+            why = _triton_error if _load_triton() is None else f"{dtype} has no Triton kernel"
+            warn_slow_path(f"chunked torch backend on CUDA: {why}")
+        return "torch"
     if name == "triton":
         if _load_triton() is None:
             raise RuntimeError(f"backend='triton' requested but {_triton_error}")
@@ -200,19 +217,34 @@ def swap_openrlhf_log_probs():
 # --------------------------------------------------------------------------------------------
 # fused lm_head + log-probs
 
-# Token rows per GEMM chunk on the Triton path: the bf16 logits chunk stays <= 256 MiB, and
-# at >= 512 rows the [rows, H] x [H, V] GEMM is compute bound on H100 (W is re-read per chunk).
-_TRITON_CHUNK_BYTES = 1 << 28
-_MIN_TRITON_CHUNK = 512
+# Token rows per GEMM chunk on CUDA: the logits chunk stays <= 256 MiB, and at >= 512 rows the
+# [rows, H] x [H, V] GEMM is compute bound on H100 (W is re-read per chunk). Both backends on
+# CUDA; the CPU keeps torch_logprobs' small, cache-sized chunks.
+_CUDA_CHUNK_BYTES = 1 << 28
+_MIN_CUDA_CHUNK_ROWS = 512
+# Backward works on vocabulary slices whose fp32 [cols, H] dW buffer stays <= 64 MiB, so the
+# weight gradient costs its own [V, H] plus this buffer (not an fp32 [V, H] accumulator).
+_DW_BUFFER_BYTES = 1 << 26
+_MIN_VOCAB_COLS = 256
 
 
-def default_chunk_rows(num_rows: int, vocab: int, dtype: torch.dtype, backend: str, device: torch.device) -> int:
-    if backend == "triton" and device.type == "cuda":
-        rows = _TRITON_CHUNK_BYTES // (vocab * torch.empty((), dtype=dtype).element_size())
-        rows = max(_MIN_TRITON_CHUNK, rows // 256 * 256)
+def default_chunk_rows(num_rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> int:
+    if device.type == "cuda":
+        rows = _CUDA_CHUNK_BYTES // (vocab * torch.empty((), dtype=dtype).element_size())
+        rows = max(_MIN_CUDA_CHUNK_ROWS, rows // 256 * 256)
     else:
         rows = torch_logprobs.CHUNK_ELEMENTS // max(vocab, 1)
     return max(1, min(rows, max(num_rows, 1)))
+
+
+def default_vocab_cols(vocab: int, width: int) -> int:
+    cols = _DW_BUFFER_BYTES // (4 * max(width, 1))
+    return max(1, min(vocab, max(_MIN_VOCAB_COLS, cols // _MIN_VOCAB_COLS * _MIN_VOCAB_COLS)))
+
+
+def _backward_tile_rows(num_rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> int:
+    # A backward tile is [rows, cols]; as wide as the forward's chunk in bytes.
+    return default_chunk_rows(num_rows, cols, dtype, device)
 
 
 def _rows(h2: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -231,104 +263,184 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torc
 _ADDMM_OUT_DTYPE_OK = True
 
 
-def _accumulate_weight_grad(acc: torch.Tensor, dl: torch.Tensor, h: torch.Tensor) -> None:
-    """acc[V, H] += dl[C, V]^T @ h[C, H], keeping fp32 accumulation for bf16/fp16 inputs.
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b with acc in fp32 (or the inputs' own dtype).
 
-    On CUDA the bf16 GEMM writes straight into the fp32 accumulator (addmm out_dtype);
-    elsewhere the chunk product is formed in the input dtype and added in fp32.
+    On CUDA the bf16 GEMM writes straight into the fp32 accumulator (addmm out_dtype); where
+    that is missing, the product is formed in the input dtype and added (a [rows, H] or
+    [cols, H] temporary, both bounded by the tiling).
     """
     global _ADDMM_OUT_DTYPE_OK
-    if acc.dtype == dl.dtype:
-        acc.addmm_(dl.t(), h)
+    if acc.dtype == a.dtype:
+        acc.addmm_(a, b)
         return
     if acc.is_cuda and _ADDMM_OUT_DTYPE_OK:
         try:
-            torch.addmm(acc, dl.t(), h, out_dtype=acc.dtype, out=acc)
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             return
-        except (RuntimeError, TypeError):  # older torch / unsupported arch
+        except (RuntimeError, TypeError, NotImplementedError) as exc:  # older torch / unsupported arch
             _ADDMM_OUT_DTYPE_OK = False
-    acc.add_(torch.mm(dl.t(), h))
+            warn_slow_path(f"addmm(out_dtype={acc.dtype}) is unavailable ({exc}); GEMM products take a temporary")
+    acc.add_(torch.mm(a, b))
 
 
-class FusedLinearLogprobs(torch.autograd.Function):
-    """log_softmax((hidden @ weight.T + bias) / T)[labels] in token chunks, with recompute.
+def _softcap_pair(softcap: Optional[float], pre_scale: float):
+    return None if softcap is None else (softcap, pre_scale)
 
-    Forward keeps per-row (max, logsumexp) only. Backward recomputes each logits chunk with
-    the same GEMM and turns it in place into dlogits before the two grad GEMMs.
 
-    ZeRO-3: the weight is kept as `weight.detach()`, an alias of the storage gathered at
-    forward time. Re-partitioning swaps the Parameter's `.data` but not this alias, so
-    backward never reads the partitioned param; the gradient still reaches the Parameter
-    because the Parameter itself is this Function's input (see the package docstring for
-    where the call must happen so that DeepSpeed can accept that gradient).
+def _fused_forward(hidden, weight, bias, labels, temperature, softcap, pre_scale, ignore_index, backend, rows):
+    H = hidden.shape[-1]
+    h2 = hidden.reshape(-1, H)
+    flat_labels = labels.reshape(-1)
+    impl = _backend_module(backend)
+    acc = torch_logprobs.acc_dtype(hidden.dtype)
+    n = h2.shape[0]
+    out = torch.empty(n, dtype=acc, device=hidden.device)
+    row_max, row_logsum = torch.empty_like(out), torch.empty_like(out)
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        logits = _linear(_rows(h2, s, e), weight, bias)
+        out[s:e], row_max[s:e], row_logsum[s:e] = impl.logprob_forward(
+            logits.unsqueeze(0), flat_labels[s:e], temperature, ignore_index, softcap=_softcap_pair(softcap, pre_scale)
+        )
+        del logits
+    return out.view(labels.shape), row_max, row_logsum
+
+
+def _fused_backward(grad_out, hidden, w, b, labels, row_max, row_logsum, temperature, softcap, pre_scale,
+                    ignore_index, backend, rows, cols, need_h, need_w, need_b):
+    """Gradients by [rows, cols] tiles, vocabulary slices outermost.
+
+    Each tile's logits are recomputed and turned in place into dlogits (the saved row
+    statistics make a slice's gradient exact on its own). A slice's dW rows are finished before
+    the next slice starts: one GEMM when all tokens fit one tile, else summed in an fp32
+    [cols, H] buffer reused by every slice. dH sums over slices (fp32 when there are several).
     """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, ignore_index, backend, chunk_size):
-        H = hidden.shape[-1]
-        h2 = hidden.reshape(-1, H)
-        flat_labels = labels.reshape(-1)
-        w = weight.detach()
-        b = bias.detach() if bias is not None else None
-        n, V = h2.shape[0], w.shape[0]
-        impl = _backend_module(backend)
-        rows = chunk_size or default_chunk_rows(n, V, hidden.dtype, backend, hidden.device)
-        acc = torch_logprobs.acc_dtype(hidden.dtype)
-        out = torch.empty(n, dtype=acc, device=hidden.device)
-        row_max, row_logsum = torch.empty_like(out), torch.empty_like(out)
-        for s in range(0, n, rows):
-            e = min(s + rows, n)
-            logits = _linear(_rows(h2, s, e), w, b)
-            out[s:e], row_max[s:e], row_logsum[s:e] = impl.logprob_forward(
-                logits.unsqueeze(0), flat_labels[s:e], temperature, ignore_index
-            )
-            del logits
-        ctx.save_for_backward(hidden, labels, row_max, row_logsum)
-        ctx.weight, ctx.bias = w, b
-        ctx.temperature, ctx.ignore_index, ctx.backend, ctx.rows = temperature, ignore_index, backend, rows
-        return out.view(labels.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        hidden, labels, row_max, row_logsum = ctx.saved_tensors
-        w, b = ctx.weight, ctx.bias
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        impl = _backend_module(ctx.backend)
-        H = hidden.shape[-1]
-        h2 = hidden.reshape(-1, H)
-        flat_labels = labels.reshape(-1)
-        g = grad_out.reshape(-1).to(row_max.dtype)
-        n, rows = h2.shape[0], ctx.rows
-        multi_chunk = n > rows
-        # Several chunks add into one weight gradient: accumulate in fp32 so bf16 rounding
-        # does not compound per chunk (one chunk is a single GEMM and needs no accumulator).
-        wacc = torch_logprobs.acc_dtype(w.dtype) if multi_chunk else w.dtype
-        grad_h = torch.empty_like(h2) if need_h else None
-        grad_w = torch.zeros(w.shape, dtype=wacc, device=w.device) if need_w else None
-        grad_b = torch.zeros(w.shape[0], dtype=torch_logprobs.acc_dtype(w.dtype), device=w.device) if need_b else None
+    impl = _backend_module(backend)
+    cap = _softcap_pair(softcap, pre_scale)
+    H = hidden.shape[-1]
+    h2 = hidden.reshape(-1, H)
+    flat_labels = labels.reshape(-1)
+    g = grad_out.reshape(-1).to(row_max.dtype)
+    n, V = h2.shape[0], w.shape[0]
+    acc = torch_logprobs.acc_dtype(w.dtype)
+    sliced, chunked = V > cols, n > rows
+    grad_h = None
+    if need_h:
+        grad_h = torch.zeros((n, H), dtype=acc, device=h2.device) if sliced else torch.empty_like(h2)
+    grad_w = torch.empty_like(w) if need_w else None
+    dw_buffer = None
+    if need_w and chunked:
+        dw_buffer = torch.empty((min(cols, V), H), dtype=acc, device=w.device) if acc != w.dtype else None
+    grad_b = torch.zeros(V, dtype=acc, device=w.device) if need_b else None
+    for vs in range(0, V, cols):
+        ve = min(vs + cols, V)
+        w_s = w[vs:ve]
+        b_s = b[vs:ve] if b is not None else None
+        dw = None
+        if need_w and chunked:
+            dw = (dw_buffer[: ve - vs] if dw_buffer is not None else grad_w[vs:ve]).zero_()
         for s in range(0, n, rows):
             e = min(s + rows, n)
             hc = _rows(h2, s, e)
-            logits = _linear(hc, w, b).unsqueeze(0)
+            logits = _linear(hc, w_s, b_s).unsqueeze(0)
             dl = impl.logprob_backward(
-                logits, flat_labels[s:e], row_max[s:e], row_logsum[s:e], g[s:e],
-                ctx.temperature, ctx.ignore_index, out=logits,
+                logits, flat_labels[s:e], row_max[s:e], row_logsum[s:e], g[s:e], temperature, ignore_index,
+                out=logits, softcap=cap, col0=vs, vocab_full=V,
             )[0]
             if need_h:
-                torch.mm(dl, w, out=grad_h[s:e])
+                if sliced:
+                    _accumulate(grad_h[s:e], dl, w_s)
+                else:
+                    torch.mm(dl, w_s, out=grad_h[s:e])
             if need_w:
-                _accumulate_weight_grad(grad_w, dl, hc)
+                if chunked:
+                    _accumulate(dw, dl.t(), hc)
+                else:
+                    torch.mm(dl.t(), hc, out=grad_w[vs:ve])
             if need_b:
-                grad_b.add_(dl.sum(0, dtype=grad_b.dtype))
+                grad_b[vs:ve].add_(dl.sum(0, dtype=grad_b.dtype))
             del logits, dl
-        if grad_h is not None:
-            grad_h = grad_h.view(hidden.shape)
-        if grad_w is not None:
-            grad_w = grad_w.to(w.dtype)
-        if grad_b is not None:
-            grad_b = grad_b.to(b.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+        if dw_buffer is not None:
+            grad_w[vs:ve].copy_(dw)
+    empty = hidden.new_empty(0)
+    return (
+        grad_h.to(hidden.dtype).view(hidden.shape) if need_h else empty,
+        grad_w if need_w else empty,
+        grad_b.to(w.dtype) if need_b else empty,
+    )
+
+
+# The op is a torch.library custom op, so torch.compile keeps one graph around it (an opaque
+# node with a fake implementation for shapes) instead of tracing the chunk loop and the
+# Triton launches. Gradients come from the registered backward op.
+@torch.library.custom_op("openrlhf_eva::fused_linear_logprobs", mutates_args=())
+def _fused_op(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], labels: torch.Tensor,
+    temperature: float, softcap: Optional[float], pre_scale: float, ignore_index: int, backend: str, rows: int,
+    backward_rows: int, cols: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fused_forward(hidden, weight, bias, labels, temperature, softcap, pre_scale, ignore_index, backend, rows)
+
+
+@_fused_op.register_fake
+def _(hidden, weight, bias, labels, temperature, softcap, pre_scale, ignore_index, backend, rows, backward_rows, cols):
+    acc = torch_logprobs.acc_dtype(hidden.dtype)
+    n = labels.numel()
+    return hidden.new_empty(labels.shape, dtype=acc), hidden.new_empty(n, dtype=acc), hidden.new_empty(n, dtype=acc)
+
+
+@torch.library.custom_op("openrlhf_eva::fused_linear_logprobs_backward", mutates_args=())
+def _fused_backward_op(
+    grad_out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+    labels: torch.Tensor, row_max: torch.Tensor, row_logsum: torch.Tensor, temperature: float,
+    softcap: Optional[float], pre_scale: float, ignore_index: int, backend: str, rows: int, cols: int,
+    need_h: bool, need_w: bool, need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fused_backward(grad_out, hidden, weight, bias, labels, row_max, row_logsum, temperature, softcap,
+                           pre_scale, ignore_index, backend, rows, cols, need_h, need_w, need_b)
+
+
+@_fused_backward_op.register_fake
+def _(grad_out, hidden, weight, bias, labels, row_max, row_logsum, temperature, softcap, pre_scale, ignore_index,
+      backend, rows, cols, need_h, need_w, need_b):
+    empty = hidden.new_empty(0)
+    return (
+        torch.empty_like(hidden) if need_h else empty,
+        torch.empty_like(weight) if need_w else empty,
+        weight.new_empty(weight.shape[0]) if need_b else empty,
+    )
+
+
+def _fused_setup_context(ctx, inputs, output):
+    """Saves what backward recomputes from.
+
+    ZeRO-3: the weight is kept as `weight.detach()`, an alias of the storage gathered at
+    forward time. Re-partitioning swaps the Parameter's `.data` but not this alias, so backward
+    never reads the partitioned param; the gradient still reaches the Parameter because the
+    Parameter itself is this op's input (see the package docstring for where the call must
+    happen so that DeepSpeed can accept that gradient).
+    """
+    hidden, weight, bias, labels, temperature, softcap, pre_scale, ignore_index, backend, _, rows, cols = inputs
+    _, row_max, row_logsum = output
+    ctx.save_for_backward(hidden, labels, row_max, row_logsum)
+    ctx.weight, ctx.bias = weight.detach(), bias.detach() if bias is not None else None
+    ctx.settings = (temperature, softcap, pre_scale, ignore_index, backend, rows, cols)
+
+
+def _fused_autograd_backward(ctx, grad_out, _grad_max, _grad_logsum):
+    hidden, labels, row_max, row_logsum = ctx.saved_tensors
+    temperature, softcap, pre_scale, ignore_index, backend, rows, cols = ctx.settings
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    grad_h, grad_w, grad_b = _fused_backward_op(
+        grad_out.contiguous(), hidden, ctx.weight, ctx.bias, labels, row_max, row_logsum, temperature, softcap,
+        pre_scale, ignore_index, backend, rows, cols, need_h, need_w, need_b and ctx.bias is not None,
+    )
+    return (grad_h if need_h else None, grad_w if need_w else None, grad_b if need_b else None,
+            None, None, None, None, None, None, None, None, None)
+
+
+_fused_op.register_autograd(_fused_autograd_backward, setup_context=_fused_setup_context)
 
 
 def fused_linear_logprobs(
@@ -338,16 +450,23 @@ def fused_linear_logprobs(
     *,
     bias: Optional[torch.Tensor] = None,
     temperature: float = 1.0,
+    logit_scale: float = 1.0,
+    softcap: Optional[float] = None,
     ignore_index: int = -100,
     backend: Optional[str] = None,
     chunk_size: Optional[int] = None,
+    vocab_chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """Per-token log_softmax((hidden @ weight.T + bias) / T)[labels], never forming [N, V].
+    """Per-token log_softmax(cap(logit_scale * (hidden @ weight.T + bias)) / T)[labels], never forming [N, V].
 
+    cap(z) = softcap * tanh(z / softcap) when softcap is given (Gemma-2/3's
+    final_logit_softcapping), else z; logit_scale is Cohere's logit_scale (Granite: 1 /
+    logits_scaling). Temperature comes last, as in Actor.forward.
     hidden: [..., H]; weight: [V, H] (the *gathered* lm_head weight under ZeRO-3, see the
     package docstring); bias: [V] or None; labels: hidden.shape[:-1], integer.
     Returns fp32 (fp64 for fp64 inputs) of labels.shape; ignored positions are 0.0.
-    chunk_size: token rows per GEMM chunk (default: by memory budget and backend).
+    chunk_size: token rows per GEMM chunk; vocab_chunk_size: vocabulary columns per backward
+    slice (defaults: by memory budget).
     """
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
         raise ValueError(
@@ -357,11 +476,27 @@ def fused_linear_logprobs(
         )
     if hidden.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
         raise TypeError("hidden, weight and bias must share one dtype")
+    if hidden.device != weight.device or (bias is not None and bias.device != weight.device):
+        raise ValueError(f"hidden, weight and bias must be on one device, got {hidden.device} and {weight.device}")
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must be [V]={tuple(weight.shape[:1])}, got {tuple(bias.shape)}")
     _check_labels(labels, hidden.shape[:-1], "hidden.shape[:-1]")
     temperature = _check_temperature(temperature)
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError("chunk_size must be >= 1")
-    name = resolve_backend(hidden.device, backend, hidden.dtype)
-    return FusedLinearLogprobs.apply(hidden, weight, bias, labels, temperature, int(ignore_index), name, chunk_size)
+    if not float(logit_scale) > 0.0 or (softcap is not None and not float(softcap) > 0.0):
+        raise ValueError(f"logit_scale and softcap must be > 0, got {logit_scale} and {softcap}")
+    for name, value in (("chunk_size", chunk_size), ("vocab_chunk_size", vocab_chunk_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1")
+    backend_name = resolve_backend(hidden.device, backend, hidden.dtype)
+    # Without a cap the scale is a temperature: softmax(s * x / T) = softmax(x / (T / s)).
+    if softcap is None:
+        temperature, pre_scale = temperature / float(logit_scale), 1.0
+    else:
+        softcap, pre_scale = float(softcap), float(logit_scale) / float(softcap)
+    n, (V, H) = labels.numel(), weight.shape
+    cols = vocab_chunk_size or default_vocab_cols(V, H)
+    rows = chunk_size or default_chunk_rows(n, V, hidden.dtype, hidden.device)
+    backward_rows = chunk_size or _backward_tile_rows(n, cols, hidden.dtype, hidden.device)
+    out, _, _ = _fused_op(hidden, weight, bias, labels, temperature, softcap, pre_scale, int(ignore_index),
+                          backend_name, rows, backward_rows, cols)
+    return out

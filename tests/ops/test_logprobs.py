@@ -224,7 +224,10 @@ def fused_cases(draw):
     # fp16). That is the CPU backend, not the op; GPUs accumulate fp16 in fp32. Kept for bf16.
     dtype = draw(st.sampled_from([d for d in DTYPES if d is not torch.float16]))
     chunk = draw(st.one_of(st.none(), st.integers(1, N + 2)))
+    vocab_chunk = draw(st.one_of(st.none(), st.integers(1, V + 2)))
     temperature = draw(st.sampled_from([1.0, 0.6, 1.7]))
+    # (logit_scale, softcap): Llama, Cohere-like, Granite-like (1 / 8), Gemma-like, both
+    post = draw(st.sampled_from([(1.0, None), (0.0625 * 8, None), (0.125, None), (1.0, 2.5), (1.7, 4.0)]))
     use_bias = draw(st.booleans())
     ignored = draw(st.sampled_from(["none", "some", "all"]))
     batched = draw(st.booleans())
@@ -239,7 +242,8 @@ def fused_cases(draw):
     elif ignored == "some":
         labels.masked_fill_(torch.rand(N, generator=g) < 0.3, -100)
     upstream = torch.randn(N, generator=g, dtype=torch.float64)
-    return h.to(dtype), w.to(dtype), None if b is None else b.to(dtype), labels, temperature, chunk, batched, upstream
+    return (h.to(dtype), w.to(dtype), None if b is None else b.to(dtype), labels, temperature, chunk, vocab_chunk,
+            post, batched, upstream)
 
 
 @settings(max_examples=100, **SETTINGS)
@@ -256,7 +260,7 @@ def test_fused_linear_logprobs_triton_matches_fp64_oracle(case):
 
 
 def check_fused_linear_logprobs(backend, case):
-    h, w, b, labels, temperature, chunk, batched, upstream = case
+    h, w, b, labels, temperature, chunk, vocab_chunk, (scale, cap), batched, upstream = case
     N, H = h.shape
     hv, hbuf = embed(h, "padded")
     wv, wbuf = embed(w, "padded")
@@ -265,12 +269,14 @@ def check_fused_linear_logprobs(backend, case):
     leaves = [t.requires_grad_() for t in (hv, wv, bv) if t is not None]
     hin, lab = (hv.unflatten(0, (1, N)), labels.view(1, N)) if batched else (hv, labels)
     with backend_env(backend):
-        out = fused_linear_logprobs(hin, wv, lab, bias=bv, temperature=temperature, backend=backend, chunk_size=chunk)
+        out = fused_linear_logprobs(hin, wv, lab, bias=bv, temperature=temperature, logit_scale=scale, softcap=cap,
+                                    backend=backend, chunk_size=chunk, vocab_chunk_size=vocab_chunk)
         assert out.shape == lab.shape
         (out.double().reshape(N) * upstream).sum().backward()
 
     refs = [t.detach().double().requires_grad_() for t in (h, w, b) if t is not None]
-    logits = refs[0] @ refs[1].t() + (refs[2] if b is not None else 0.0)
+    raw = refs[0] @ refs[1].t() + (refs[2] if b is not None else 0.0)
+    logits = raw * scale if cap is None else cap * torch.tanh(raw * scale / cap)  # transformers' order
     ref = oracle(logits, labels, temperature, -100)
     (ref * upstream).sum().backward()
     # Low precision: the logits themselves are rounded to the input dtype (as in the unfused
@@ -278,7 +284,8 @@ def check_fused_linear_logprobs(backend, case):
     eps = {torch.float32: 2e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float64: 1e-12}[h.dtype]
     # 8 eps, not 4: CPU fp16/bf16 GEMMs may accumulate in a different order from run to run
     # (oneDNN picks kernels by load and thread count); one such run exceeded 4 eps on a gradient.
-    tol = 8 * eps * (logits.detach().abs().max().item() / temperature + 1)
+    # The raw GEMM output is what gets rounded: its size (times the scale) sets the error.
+    tol = 8 * eps * (raw.detach().abs().max().item() * scale / temperature + 1)
     assert_close_scaled(out.reshape(N), ref, rtol=0.0, atol=tol + (0.0 if h.dtype == torch.float64 else 2e-5))
     assert (out.reshape(N)[labels == -100] == 0).all()
     # dlogits = g / T * (onehot - p) cancels when p(label) -> 1, and the grads are sums with
@@ -286,12 +293,12 @@ def check_fused_linear_logprobs(backend, case):
     active = labels != -100
     onehot = torch.zeros_like(logits).scatter_(-1, torch.where(active, labels, 0)[:, None], 1.0)
     probs = torch.softmax(logits.detach() / temperature, -1)
-    dl = (upstream.abs() * active / temperature)[:, None] * (onehot + probs)
+    dl = (upstream.abs() * active * scale / temperature)[:, None] * (onehot + probs)
     scales = [dl @ refs[1].detach().abs(), dl.t() @ refs[0].detach().abs(), dl.sum(0)]
-    for leaf, r, scale in zip(leaves, refs, scales):
+    for leaf, r, bound in zip(leaves, refs, scales):
         assert leaf.grad.dtype == h.dtype and leaf.grad.shape == leaf.shape
         assert not torch.isnan(leaf.grad).any(), "NaN in a gradient: a canary was read"
-        assert ((leaf.grad.double() - r.grad).abs() <= tol * scale + 1e-30).all()
+        assert ((leaf.grad.double() - r.grad).abs() <= tol * bound + 1e-30).all()
     for t, bb in zip([t for t in (hbuf, wbuf, bbuf) if t is not None], before):
         assert torch.equal(bits(t), bb), "the op wrote to an input buffer"
 
@@ -315,6 +322,11 @@ def test_fp64_gradcheck(backend):
         )
         assert torch.autograd.gradcheck(
             lambda a, c, d: fused_linear_logprobs(a, c, hl, bias=d, temperature=1.3, backend=backend, chunk_size=2),
+            (h, w, b),
+        )
+        assert torch.autograd.gradcheck(  # soft-capped, scaled, in vocabulary slices of 4
+            lambda a, c, d: fused_linear_logprobs(a, c, hl, bias=d, temperature=0.9, logit_scale=1.5, softcap=2.0,
+                                                  backend=backend, chunk_size=2, vocab_chunk_size=4),
             (h, w, b),
         )
 
@@ -557,21 +569,25 @@ def test_kernels_compile_for_h100_without_a_gpu(dtype, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     fwd, bwd = triton_logprobs._kernels()
     acc = "fp64" if dtype == "fp64" else "fp32"
-    common = {"T": "i32", "V": "i32", "stride_xb": "i64", "stride_xt": "i64", "stride_xv": "i32"}
-    fwd_sig = {"x_ptr": f"*{dtype}", "labels_ptr": "*i64", "inv_t_ptr": f"*{acc}", "out_ptr": f"*{acc}",
-               "max_ptr": f"*{acc}", "logsum_ptr": f"*{acc}", **common, "ignore_index": "i32"}
-    bwd_sig = {"x_ptr": f"*{dtype}", "labels_ptr": "*i64", "inv_t_ptr": f"*{acc}", "max_ptr": f"*{acc}",
-               "logsum_ptr": f"*{acc}", "grad_out_ptr": f"*{acc}", "grad_x_ptr": f"*{dtype}", **common,
-               "stride_gb": "i64", "stride_gt": "i64", "ignore_index": "i32"}
+    strides = {"stride_xb": "i64", "stride_xt": "i64", "stride_xv": "i32"}
+    fwd_sig = {"x_ptr": f"*{dtype}", "labels_ptr": "*i64", "params_ptr": f"*{acc}", "part_max_ptr": f"*{acc}",
+               "part_sum_ptr": f"*{acc}", "T": "i32", "V": "i32", **strides, "ignore_index": "i32",
+               "n_splits": "i32"}
+    bwd_sig = {"x_ptr": f"*{dtype}", "labels_ptr": "*i64", "params_ptr": f"*{acc}", "max_ptr": f"*{acc}",
+               "logsum_ptr": f"*{acc}", "grad_out_ptr": f"*{acc}", "grad_x_ptr": f"*{dtype}", "T": "i32", "V": "i32",
+               "col0": "i32", "vocab_full": "i32", **strides, "stride_gb": "i64", "stride_gt": "i64",
+               "ignore_index": "i32", "n_splits": "i32"}
+    constexprs = ("BLOCK_V", "VOCAB_CONTIGUOUS", "SOFTCAP")
     for kernel, sig in ((fwd, fwd_sig), (bwd, bwd_sig)):
-        for contiguous in (True, False):
-            src = ASTSource(
-                kernel,
-                {**sig, "BLOCK_V": "constexpr", "VOCAB_CONTIGUOUS": "constexpr"},
-                constexprs={"BLOCK_V": 4096, "VOCAB_CONTIGUOUS": contiguous},
-            )
-            compiled = triton_compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-            assert compiled.asm["cubin"]
+        for contiguous, softcap in ((True, False), (False, True)):
+            for block, warps in (triton_logprobs.AUTOTUNE_CONFIGS[0], triton_logprobs.AUTOTUNE_CONFIGS[-1]):
+                src = ASTSource(
+                    kernel,
+                    {**sig, **dict.fromkeys(constexprs, "constexpr")},
+                    constexprs={"BLOCK_V": block, "VOCAB_CONTIGUOUS": contiguous, "SOFTCAP": softcap},
+                )
+                compiled = triton_compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+                assert compiled.asm["cubin"]
 
 
 # ------------------------------------------------------------------------------------------
