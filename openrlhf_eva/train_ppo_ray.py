@@ -68,6 +68,7 @@ from typing import Any, Callable, Optional, Sequence
 from unittest import mock
 
 import ray
+import torch
 from vllm import SamplingParams
 
 import openrlhf.trainer.ppo_trainer
@@ -90,7 +91,7 @@ from openrlhf_eva.creator import (
     load_plugin,
 )
 from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
-from openrlhf_eva.compat import seams
+from openrlhf_eva.compat import ray_cpu, seams
 from openrlhf_eva.creator.online import OnlinePromptSource
 from openrlhf_eva.generation import build_generator
 from openrlhf_eva.upstream import run_upstream_cli
@@ -426,7 +427,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             add_eva_flags(parser)
 
         def prepare(args: argparse.Namespace) -> None:
-            resolve_eva_flags(vars(args), parsed["parser"])
+            flags, parser = vars(args), parsed["parser"]
+            resolve_eva_flags(flags, parser)
+            if not torch.cuda.is_available():  # logical GPUs, a worker setup hook and guards (compat.ray_cpu)
+                for error in ray_cpu.cpu_flag_errors(flags):
+                    parser.error(error)
+                ray_cpu.init_ray(flags)
             if not getattr(args, "eva.enable"):
                 return
             if trainer_cls_seam:  # patches/0005

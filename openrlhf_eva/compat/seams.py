@@ -103,3 +103,18 @@ def ppo_trainer_cls(cli: Optional[ModuleType]) -> bool:
 def ppo_prompt_source(trainer_class: type) -> bool:
     """0004: PPOTrainer.set_prompt_source(), with max_steps taken from the prompt source."""
     return hasattr(trainer_class, "set_prompt_source")
+
+
+def ray_path_device_agnostic() -> bool:
+    """0008: the weight-sync group takes a backend (gloo as well as NCCL) and the replay buffer names no
+    CUDA device. Read before import: the Ray modules import vllm."""
+    sync = _openrlhf_source("utils/distributed_util.py")
+    buffer = _openrlhf_source("trainer/ppo_utils/replay_buffer.py")
+    if sync is None or buffer is None:
+        return False
+    functions = {node.name: node for node in sync.body if isinstance(node, ast.FunctionDef)}
+    group = functions.get("stateless_init_process_group")
+    takes_backend = group is not None and "backend" in [arg.arg for arg in group.args.args]
+    names_cuda = any(isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("cuda:")
+                     for node in ast.walk(buffer))
+    return takes_backend and not names_cuda
