@@ -363,11 +363,11 @@ def _fused_backward(grad_out, hidden, w, b, labels, row_max, row_logsum, tempera
             del logits, dl
         if dw_buffer is not None:
             grad_w[vs:ve].copy_(dw)
-    empty = hidden.new_empty(0)
+    # A custom op's outputs may not alias each other: one fresh empty tensor per gradient not asked for.
     return (
-        grad_h.to(hidden.dtype).view(hidden.shape) if need_h else empty,
-        grad_w if need_w else empty,
-        grad_b.to(w.dtype) if need_b else empty,
+        grad_h.to(hidden.dtype).view(hidden.shape) if need_h else hidden.new_empty(0),
+        grad_w if need_w else hidden.new_empty(0),
+        grad_b.to(w.dtype) if need_b else hidden.new_empty(0),
     )
 
 
@@ -404,11 +404,10 @@ def _fused_backward_op(
 @_fused_backward_op.register_fake
 def _(grad_out, hidden, weight, bias, labels, row_max, row_logsum, temperature, softcap, pre_scale, ignore_index,
       backend, rows, cols, need_h, need_w, need_b):
-    empty = hidden.new_empty(0)
     return (
-        torch.empty_like(hidden) if need_h else empty,
-        torch.empty_like(weight) if need_w else empty,
-        weight.new_empty(weight.shape[0]) if need_b else empty,
+        torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+        torch.empty_like(weight) if need_w else hidden.new_empty(0),
+        weight.new_empty(weight.shape[0]) if need_b else hidden.new_empty(0),
     )
 
 

@@ -3,37 +3,99 @@
 Upstream's forward materialises [B, T, V] logits, casts them to fp32 (a second, fp32 copy) and
 gathers. Here the backbone returns hidden states and `openrlhf_eva.ops.fused_linear_logprobs`
 computes each token's log-prob in chunks, so no [B, T, V] tensor exists in forward or backward.
-Everything the fast path does not cover (packed samples, ring attention, entropy, logits asked
-for, VLMs, MoE router losses, LoRA-wrapped models) goes to upstream's forward unchanged.
+
+Exact or refused, per model family: the fused path runs only for the families whose
+`*ForCausalLM.forward` (transformers 5.15) is read below, with their logit post-processing
+(Gemma-2/3 final-logit soft-capping, Cohere's logit_scale, Granite's logits_scaling) done inside
+the op. Everything else (unknown families, packed samples, ring attention, entropy, logits asked
+for, VLMs, an lm_head carrying LoRA) goes to upstream's forward unchanged. Each Actor prints one
+line per path it takes, with the reason. LoRA (peft) models run their LoRA-injected backbone.
+MoE models add the router's load-balancing loss as upstream's forward does.
 The call sits inside Actor.forward, the module DeepSpeed wraps, so ZeRO-3 gathers lm_head's
 weight for it in forward and again in backward (see openrlhf_eva/ops/__init__.py).
 """
 
 from __future__ import annotations
 
+import sys
+
 import torch
+import torch.distributed as dist
 from openrlhf.models.actor import Actor
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from peft import PeftModel
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from openrlhf_eva.ops import fused_linear_logprobs
 
 upstream_forward = Actor.forward
 
+# model_type -> what its *ForCausalLM.forward does to lm_head's output (transformers 5.15):
+# nothing, c * tanh(x / c) with c = config.final_logit_softcapping, x * config.logit_scale, or
+# x / config.logits_scaling. A family joins this table only after its forward has been read.
+PLAIN_LOGITS = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "gemma",
+                "olmo2", "starcoder2"}
+SOFTCAPPED_LOGITS = {"gemma2", "gemma3_text"}
+MULTIPLIED_LOGITS = {"cohere", "cohere2"}
+DIVIDED_LOGITS = {"granite", "granitemoe", "granitemoeshared"}
 
-def _fast_path_applies(actor: Actor, kwargs: dict) -> bool:
-    model = actor.model
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return (
-        not actor.packing_samples
-        and not getattr(actor, "is_vlm", False)
-        and not kwargs.get("return_entropy")
-        and not kwargs.get("allgather_logits")
-        and not kwargs.get("mm_inputs")
-        and (kwargs.get("return_logprobs") or kwargs.get("action_mask") is not None)
-        and isinstance(head, torch.nn.Linear)
-        and getattr(model, "base_model", model) is not model  # a *ForCausalLM around its backbone
-        and not getattr(model.config, "output_router_logits", False)
-    )
+
+def logit_postprocessing(config) -> tuple[float, float | None] | None:
+    """(logit_scale, softcap) for fused_linear_logprobs, or None for a family not read."""
+    kind = config.model_type
+    if kind in PLAIN_LOGITS:
+        return 1.0, None
+    if kind in SOFTCAPPED_LOGITS:
+        return 1.0, config.final_logit_softcapping
+    if kind in MULTIPLIED_LOGITS:
+        return float(config.logit_scale), None
+    if kind in DIVIDED_LOGITS:
+        return 1.0 / float(config.logits_scaling), None
+    return None
+
+
+def model_plan(model: torch.nn.Module):
+    """(causal_lm, backbone, lm_head, (logit_scale, softcap)) for the fused path, or the reason
+    (a string) why this model goes to upstream's forward. A peft model is planned on the
+    *ForCausalLM inside it, whose layers carry the adapters."""
+    causal = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = getattr(causal, "config", None)
+    post = logit_postprocessing(config) if config is not None else None
+    if post is None:
+        return f"model type {getattr(config, 'model_type', None)!r} is not among the families read"
+    head = causal.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        # peft's lora.Linear (or a modules_to_save wrapper): lm_head's output is not x @ W^T.
+        return f"lm_head is a {type(head).__module__}.{type(head).__name__}, not a plain torch Linear"
+    backbone = causal.base_model
+    if backbone is causal:
+        return f"{type(causal).__name__} has no separate backbone"
+    if getattr(config, "output_router_logits", False) and not hasattr(sys.modules[type(causal).__module__],
+                                                                      "load_balancing_loss_func"):
+        return "its router loss function was not found"
+    return causal, backbone, head, post
+
+
+def _call_reason(actor: Actor, kwargs: dict) -> str | None:
+    """Why this particular call needs upstream's forward (None: it does not)."""
+    if actor.packing_samples:
+        return "packed samples"
+    if getattr(actor, "is_vlm", False) or kwargs.get("mm_inputs"):
+        return "a vision-language model"
+    if kwargs.get("return_entropy"):
+        return "entropy asked for (needs the logits)"
+    if kwargs.get("allgather_logits"):
+        return "logits asked for"
+    if not (kwargs.get("return_logprobs") or kwargs.get("action_mask") is not None):
+        return "no log-probs asked for"
+    return None
+
+
+def _say_once(actor: Actor, line: str) -> None:
+    said = actor.__dict__.setdefault("_eva_fused_said", set())
+    if line not in said:
+        said.add(line)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"[openrlhf_eva] --eva.fused_logprobs: {line}", flush=True)
 
 
 def fused_forward(
@@ -52,21 +114,34 @@ def fused_forward(
     """Same contract as upstream `Actor.forward`; `output` carries no logits on the fused path."""
     kwargs = dict(action_mask=action_mask, return_logprobs=return_logprobs, return_entropy=return_entropy,
                   allgather_logits=allgather_logits, mm_inputs=mm_inputs)
-    if not _fast_path_applies(self, kwargs):
+    plan = model_plan(self.model)
+    peft = isinstance(self.model, PeftModel)
+    name = type(self.model.get_base_model() if peft else self.model).__name__ + (" (peft)" if peft else "")
+    reason = plan if isinstance(plan, str) else _call_reason(self, kwargs)
+    if reason is not None:
+        _say_once(self, f"{name} -> upstream Actor.forward ({reason})")
         return upstream_forward(self, sequences, action_mask, attention_mask, return_output, allgather_logits,
                                 return_logprobs, ring_attn_group, packed_seq_lens, return_entropy, **mm_inputs)
+    causal, backbone, head, (logit_scale, softcap) = plan
+    _say_once(self, f"{name} -> fused lm_head + log-probs (logit_scale {logit_scale:g}, softcap {softcap})")
 
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
-    hidden = self.model.base_model(sequences, attention_mask=attention_mask, position_ids=position_ids)[0]
-    head = self.model.get_output_embeddings()
+    routed = bool(getattr(causal.config, "output_router_logits", False))
+    extra = {"output_router_logits": True} if routed else {}
+    out = backbone(sequences, attention_mask=attention_mask, position_ids=position_ids, **extra)
+    hidden = out[0]
     labels = torch.roll(sequences, shifts=-1, dims=1)  # the next token, as upstream's rolled_sequences
     batch, seqlen, width = hidden.shape
     log_probs = fused_linear_logprobs(
-        hidden.reshape(-1, width), head.weight, labels.reshape(-1), bias=head.bias, temperature=self.temperature
+        hidden.reshape(-1, width), head.weight, labels.reshape(-1), bias=head.bias, temperature=self.temperature,
+        logit_scale=logit_scale, softcap=softcap,
     ).view(batch, seqlen)[:, :-1]
 
-    output = CausalLMOutputWithPast()
+    output = MoeCausalLMOutputWithPast()
+    if routed:  # what the MoE *ForCausalLM.forward returns as aux_loss (upstream's trainers read it)
+        balance = sys.modules[type(causal).__module__].load_balancing_loss_func
+        output["aux_loss"] = balance(out.router_logits, causal.num_experts, causal.num_experts_per_tok, attention_mask)
     if action_mask is None:
         return (log_probs, output) if return_output else log_probs
     action_log_probs = log_probs[:, -action_mask.shape[1] :] * action_mask.float()
