@@ -11,7 +11,7 @@ stand-in, importable as `vllm` in every worker). What stands in the way, and the
 - Ray workers import OpenRLHF without the driver's preparation (the flash_attn stand-in, the CUDA
   guards, `init_device_mesh("cpu")`): `init_ray` names `setup_worker` Ray's
   worker_process_setup_hook, which does it in every worker before any actor class is loaded.
-- The guards `install()` adds, each removed by patches/0008-ray-device-agnostic-weight-sync.patch
+- The guards `install()` adds, each removed by patches/0008-ray-device-agnostic-actors-and-gloo-weight-sync.patch
   (`seams.ray_path_device_agnostic` detects it, and then none is installed):
   - trainer/ppo_utils/replay_buffer.py:40 builds `torch.device(f"cuda:{current_device()}")`;
   - trainer/ray/ppo_actor.py:436 passes `stream=torch.cuda.current_stream()` to the broadcast;
