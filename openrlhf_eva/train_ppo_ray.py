@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -97,6 +98,7 @@ from openrlhf_eva.generation import build_generator
 from openrlhf_eva.upstream import run_upstream_cli
 
 logger = init_logger(__name__)
+METRICS_FILE = "eva_metrics.jsonl"
 
 
 def add_eva_flags(parser: argparse.ArgumentParser) -> None:
@@ -349,6 +351,12 @@ class EvaPromptLoader:
         return self.source.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        # A run without --eva.enable checkpoints its StatefulDataLoader's state in the same place
+        # (ppo_trainer.py:558); the source itself names another version, seed set or setting.
+        if not isinstance(state, dict) or "seeds_fingerprint" not in state:
+            saved = sorted(state)[:4] if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"its prompt state was not saved by eva's prompt source (a run without --eva.enable?): "
+                             f"{saved}")
         self.source.load_state_dict(state)
 
 
@@ -404,7 +412,26 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
         start = time.time()
         status.update(self.eva_loader.observe(self.eva_rollouts, global_step))
         status["timing/eva_evolve"] = time.time() - start
+        # One line per step beside the model, as train_rloo writes it: upstream's loggers reach only
+        # wandb and tensorboard.
+        scalars = {key: value for key, value in status.items() if isinstance(value, (int, float))}
+        os.makedirs(self.args.ckpt.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.ckpt.output_dir, METRICS_FILE), "a") as metrics:
+            metrics.write(json.dumps({"step": global_step, **scalars}) + "\n")
         return status, global_step
+
+    def init_checkpoint_states(self) -> dict:
+        # fit() restores the prompt source from the checkpoint's client state (ppo_trainer.py:504-518);
+        # restore it here first, so that a checkpoint of another run or version is named when refused.
+        states = super().init_checkpoint_states()
+        if states["global_step"] > 0:
+            checkpoint = os.path.join(self.args.ckpt.path, "_actor")
+            try:
+                self.eva_loader.load_state_dict(states["data_loader_state_dict"])
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"--ckpt.load_enable: checkpoint {checkpoint} cannot resume this eva run: {error}") \
+                    from error
+        return states
 
     def fit(self, global_step: int = 0) -> None:
         super().fit(global_step)

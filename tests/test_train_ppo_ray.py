@@ -373,6 +373,19 @@ def test_prompt_loader_resumes_from_its_state_dict(fakes, eva_args, run_files):
     assert draw_batch(resumed) == draw_batch(original)
 
 
+def test_prompt_loader_names_a_checkpoint_of_another_run_or_version(fakes, eva_args, run_files):
+    loader = prompt_loader(fakes, eva_args.eva, seed_rows(run_files))
+    state = loader.state_dict()
+    # A run without --eva.enable leaves its StatefulDataLoader's state where eva keeps the source's.
+    with pytest.raises(ValueError, match="not saved by eva's prompt source"):
+        loader.load_state_dict({"_num_yielded": 8, "_sampler_iter_yielded": 8})
+    with pytest.raises(ValueError, match="version 0; this code reads version"):
+        loader.load_state_dict({**state, "version": 0})
+    other_seeds = prompt_loader(fakes, eva_args.eva, seed_rows(run_files)[:-1])
+    with pytest.raises(ValueError, match="seeds_fingerprint: saved"):
+        other_seeds.load_state_dict(state)
+
+
 def rollout_samples_in_arrival_order(eva_args, tokenizer, prompts, rewards):
     """Rollout samples as SamplesGenerator builds them from RolloutRayActor responses: each prompt's n
     samples together, prompts in completion order (ray.wait, samples_generator.py:162)."""
