@@ -4,10 +4,14 @@ API
     logprobs_from_logits(logits, labels, *, temperature=1.0, ignore_index=-100, backend=None)
         Drop-in for OpenRLHF's `log_probs_from_logits`: never builds an fp32 [N, V] copy and
         never writes to `logits`.
-    fused_linear_logprobs(hidden, weight, labels, *, bias=None, temperature=1.0,
-                          ignore_index=-100, backend=None, chunk_size=None)
+    fused_linear_logprobs(hidden, weight, labels, *, bias=None, temperature=1.0, logit_scale=1.0,
+                          softcap=None, ignore_index=-100, backend=None, chunk_size=None,
+                          vocab_chunk_size=None)
         lm_head matmul + log-probs in token chunks (cuBLAS GEMM + Triton gather); the full
-        [N, V] logits never exist, backward recomputes each chunk.
+        [N, V] logits never exist, backward recomputes [rows, cols] tiles, vocabulary slices
+        outermost (dW costs its own [V, H] plus a small fp32 buffer). logit_scale and softcap
+        (c * tanh(z / c)) reproduce Cohere/Granite and Gemma-2/3 logits. A torch.library
+        custom op (openrlhf_eva::fused_linear_logprobs), so torch.compile keeps one graph.
     log_probs_from_logits(logits, labels, temperature=1.0)
         Exactly OpenRLHF's call signature, for `swap_openrlhf_log_probs()`.
 
@@ -18,7 +22,8 @@ API
 Backends (`backend=` or env OPENRLHF_EVA_LOGPROBS_BACKEND = auto | torch | triton)
     auto: Triton for fp16/bf16/fp32 CUDA tensors when triton imports; Triton's interpreter
           for CPU tensors when TRITON_INTERPRET=1; otherwise (fp64 included) the pure-torch
-          chunked path, which runs on any device and dtype.
+          chunked path, which runs on any device and dtype. On CUDA the torch path, and a
+          GEMM without fp32 output (addmm out_dtype), each warn once with the reason.
     Triton is imported lazily, so this package imports without it.
 
 Integration notes (for the `--eva.fused_logprobs` wiring)
@@ -30,8 +35,9 @@ Integration notes (for the `--eva.fused_logprobs` wiring)
       `fused_linear_logprobs(hidden, lm_head.weight, rolled_labels, temperature=T)`.
     * ZeRO-3: the weight passed in must be the gathered one, and autograd must be able to
       hand its gradient to a gathered Parameter. Both hold when the call happens inside the
-      forward of a module that the DeepSpeed engine wraps (Actor.forward is the engine's root
-      module):
+      forward of a module that the DeepSpeed engine wraps. OpenRLHF's strategy wraps the HF
+      model, not the Actor, so Actor.forward is *not* such a place (fused_actor sends ZeRO-3
+      to upstream's forward); a module of one's own that the engine wraps is:
           logp = fused_linear_logprobs(hidden, self.model.lm_head.weight, labels, temperature=T)
       Reading `lm_head.weight` there makes DeepSpeed gather it (ZeROOrderedDict registers it as
       an external parameter of the running module) and gather it again for backward, so the

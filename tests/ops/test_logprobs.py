@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 
 import pytest
 import torch
@@ -372,6 +373,60 @@ def test_logits_op_never_allocates_fp32_n_by_v_for_bf16(monkeypatch):
     assert mode.largest[torch.bfloat16] == N * V  # the gradient, which the caller asked for
 
 
+def test_weight_gradient_needs_no_fp32_v_by_h():
+    """dW by vocabulary slices: besides the bf16 [V, H] gradient itself, nothing larger than one
+    [cols, H] fp32 buffer or one [rows, cols] tile (the old accumulator was fp32 [V, H])."""
+    N, V, H, rows, cols = 64, 1000, 16, 16, 128
+    h = torch.randn(N, H, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(V, H, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, V, (N,))
+    with LargestAllocation() as mode:
+        out = fused_linear_logprobs(h, w, labels, backend="torch", chunk_size=rows, vocab_chunk_size=cols)
+        out.backward(torch.randn(N))
+    assert mode.largest[torch.float32] <= max(cols * H, rows * V), mode.largest
+    assert mode.largest[torch.bfloat16] == V * H  # the gradient the caller asked for
+    ref = torch.log_softmax((h.detach().float() @ w.detach().float().t()), -1).gather(-1, labels[:, None])[:, 0]
+    torch.testing.assert_close(out, ref, rtol=0, atol=0.05)
+
+
+def test_torch_compile_keeps_one_graph():
+    """fullgraph=True raises on any graph break: the custom op must be one opaque node, forward
+    and backward (aot_eager: the real autograd graph without a C++ compiler)."""
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(2, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 40, (2, 5), generator=g)
+    labels[0, 1] = -100
+
+    def loss(h, w):
+        logps = fused_linear_logprobs(h, w, labels, temperature=0.8, softcap=3.0, chunk_size=3, vocab_chunk_size=16)
+        return (logps * torch.arange(10, dtype=logps.dtype).view(2, 5)).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    expected, expected_grads = loss(h, w), torch.autograd.grad(loss(h, w), (h, w))
+    got = compiled(h, w)
+    grads = torch.autograd.grad(got, (h, w))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_slower_paths_on_cuda_warn_once_with_the_reason(monkeypatch):
+    from openrlhf_eva.ops import logprobs
+
+    monkeypatch.setattr(logprobs, "_warned", set())
+    monkeypatch.delenv("OPENRLHF_EVA_LOGPROBS_BACKEND", raising=False)
+    cuda = torch.device("cuda")  # dispatch looks at the device type only: no GPU needed
+    with pytest.warns(RuntimeWarning, match="chunked torch backend on CUDA: torch.float64 has no Triton kernel"
+                      if HAS_TRITON else "chunked torch backend on CUDA: triton is not importable"):
+        assert resolve_backend(cuda, dtype=torch.float64) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend(cuda, dtype=torch.float64) == "torch"  # once per reason
+        assert resolve_backend(torch.device("cpu"), dtype=torch.float32) == "torch"  # the CPU's own path
+
+
 def load_openrlhf_log_probs():
     try:
         from openrlhf.models.utils import log_probs_from_logits
@@ -442,9 +497,16 @@ def test_package_imports_and_runs_without_triton():
         import sys
         sys.modules["triton"] = None  # any `import triton` now raises ImportError
         import torch
+        import warnings
         from openrlhf_eva.ops import logprobs_from_logits, resolve_backend, triton_available
         assert not triton_available()
         assert resolve_backend(torch.device("cpu")) == "torch"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert resolve_backend(torch.device("cuda")) == "torch"
+        assert [str(w.message) for w in caught] == [
+            "openrlhf_eva.ops: slower path: chunked torch backend on CUDA: triton is not importable "
+            "(import of triton halted; None in sys.modules)"], [str(w.message) for w in caught]
         out = logprobs_from_logits(torch.zeros(2, 4), torch.tensor([1, -100]))
         assert torch.allclose(out, torch.tensor([-1.3862944, 0.0]))
         try:
