@@ -232,7 +232,8 @@ class RewardModel(RewardOracle):
 
     def __init__(self, path: str, *, batch_size: int = 32, max_len: int = 2048, normalize_reward: bool = False,
                  value_head_prefix: str = "score", param_dtype: str = "bf16", attn_implementation: str = "sdpa",
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, offload: bool = False) -> None:
+        """``offload`` (``--reward.offload``): the weights wait in CPU memory and visit the device to score."""
         super().__init__()
         from openrlhf.models import get_llm_for_sequence_regression
         from openrlhf.utils import get_tokenizer
@@ -250,7 +251,8 @@ class RewardModel(RewardOracle):
         # normalize_reward would divide by garbage. Refill them from the config, as __init__ meant to.
         self.model.mean.fill_(getattr(self.model.config, "mean", 0.0))
         self.model.std.fill_(getattr(self.model.config, "std", 1.0))
-        self.model.to(self.device).eval()
+        self.offload = offload
+        self.model.to("cpu" if offload else self.device).eval()
         self.tokenizer = get_tokenizer(path, self.model, "left")
         self.tokenizer.truncation_side = "left"
 
@@ -259,12 +261,15 @@ class RewardModel(RewardOracle):
         self.errors = {}
         queries, _, _ = _flatten(rollouts, labels)
         rewards = []
+        self.model.to(self.device)
         for start in tqdm(range(0, len(queries), self.batch_size), desc="reward model", leave=False,
                           disable=len(queries) <= self.batch_size):
             batch = self.tokenizer(queries[start : start + self.batch_size], return_tensors="pt", padding=True,
                                    truncation=True, max_length=self.max_len, add_special_tokens=False)
             batch = batch.to(self.device)
             rewards.append(self.model(batch["input_ids"], batch["attention_mask"]).float().cpu())
+        if self.offload:
+            self.model.to("cpu")
         n = len(rollouts.queries[0]) if rollouts.queries else 0
         return torch.cat(rewards).view(len(rollouts.queries), n) if rewards else torch.empty(0, n)
 
