@@ -2,6 +2,7 @@
 #   make install   build .venv (CPU path, or the normal dependency path on a CUDA machine)
 #   make test      the test suite (what CI runs)
 #   make demo      the main job on the embedded CPU default
+#   make gpu-check CUDA tests, fused trainings and log-prob benchmarks on a GPU machine
 # Override the detected device with `make install DEVICE=cpu` or `DEVICE=cuda`.
 
 PYTHON_BOOT ?= python3
@@ -16,7 +17,7 @@ CONSTRAINTS := requirements/constraints-cpu.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench clean patches-check
+.PHONY: install test demo bench clean patches-check gpu-check
 
 install: $(STAMP)
 
@@ -52,6 +53,15 @@ demo: install
 bench: install
 	$(PY) -m openrlhf_eva.bench --out runs/bench --publish examples/bench
 	$(PY) -m openrlhf_eva.report runs/bench
+
+# The GPU check (about 8 min on one H100/H200): CUDA tests, 2-step fused train_dpo/train_rloo on
+# CUDA, log-prob benchmarks against OpenRLHF, torch, Liger and Cut-Cross-Entropy, written to
+# examples/bench/logprobs_cuda.json. Without CUDA it runs the (skipping) tests and says so.
+gpu-check: install
+ifeq ($(DEVICE),cuda)
+	-$(PIP) install -q --no-deps liger-kernel cut-cross-entropy
+endif
+	$(PY) examples/gpu/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
