@@ -137,34 +137,56 @@ def _check_labels(labels: torch.Tensor, lead_shape: torch.Size, what: str) -> No
 # log-probs from logits
 
 
-class LogprobsFromLogits(torch.autograd.Function):
-    """out[i] = log_softmax(logits[i] / T)[labels[i]]; saves only two fp32 scalars per row."""
+# A torch.library custom op, as the fused op below: torch.compile sees one opaque node (with a
+# fake implementation for shapes) instead of tracing the chunk loop or the Triton launches.
+# out[i] = log_softmax(logits[i] / T)[labels[i]]; saves only two fp32 scalars per row.
+@torch.library.custom_op("openrlhf_eva::logprobs_from_logits", mutates_args=())
+def _logits_op(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, ignore_index: int, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, row_max, row_logsum = _backend_module(backend).logprob_forward(
+        _as_rows3d(logits), labels.reshape(-1), temperature, ignore_index
+    )
+    return out.view(labels.shape), row_max, row_logsum
 
-    @staticmethod
-    def forward(ctx, logits, labels, temperature, ignore_index, backend):
-        impl = _backend_module(backend)
-        out, row_max, row_logsum = impl.logprob_forward(
-            _as_rows3d(logits), labels.reshape(-1), temperature, ignore_index
-        )
-        ctx.save_for_backward(logits, labels, row_max, row_logsum)
-        ctx.temperature, ctx.ignore_index, ctx.backend = temperature, ignore_index, backend
-        return out.view(labels.shape)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        logits, labels, row_max, row_logsum = ctx.saved_tensors
-        impl = _backend_module(ctx.backend)
-        grad = impl.logprob_backward(
-            _as_rows3d(logits),
-            labels.reshape(-1),
-            row_max,
-            row_logsum,
-            grad_out.reshape(-1).to(row_max.dtype),
-            ctx.temperature,
-            ctx.ignore_index,
-        )
-        return grad.view(logits.shape), None, None, None, None
+@_logits_op.register_fake
+def _(logits, labels, temperature, ignore_index, backend):
+    acc = torch_logprobs.acc_dtype(logits.dtype)
+    n = labels.numel()
+    return logits.new_empty(labels.shape, dtype=acc), logits.new_empty(n, dtype=acc), logits.new_empty(n, dtype=acc)
+
+
+@torch.library.custom_op("openrlhf_eva::logprobs_from_logits_backward", mutates_args=())
+def _logits_backward_op(
+    grad_out: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, row_max: torch.Tensor,
+    row_logsum: torch.Tensor, temperature: float, ignore_index: int, backend: str,
+) -> torch.Tensor:
+    grad = _backend_module(backend).logprob_backward(
+        _as_rows3d(logits), labels.reshape(-1), row_max, row_logsum, grad_out.reshape(-1).to(row_max.dtype),
+        temperature, ignore_index,
+    )
+    return grad.view(logits.shape)
+
+
+@_logits_backward_op.register_fake
+def _(grad_out, logits, labels, row_max, row_logsum, temperature, ignore_index, backend):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _logits_setup_context(ctx, inputs, output):
+    logits, labels, temperature, ignore_index, backend = inputs
+    ctx.save_for_backward(logits, labels, output[1], output[2])
+    ctx.settings = (temperature, ignore_index, backend)
+
+
+def _logits_autograd_backward(ctx, grad_out, _grad_max, _grad_logsum):
+    logits, labels, row_max, row_logsum = ctx.saved_tensors
+    grad = _logits_backward_op(grad_out.contiguous(), logits, labels, row_max, row_logsum, *ctx.settings)
+    return grad, None, None, None, None
+
+
+_logits_op.register_autograd(_logits_autograd_backward, setup_context=_logits_setup_context)
 
 
 def logprobs_from_logits(
@@ -186,7 +208,7 @@ def logprobs_from_logits(
     _check_labels(labels, logits.shape[:-1], "logits.shape[:-1]")
     temperature = _check_temperature(temperature)
     name = resolve_backend(logits.device, backend, logits.dtype)
-    return LogprobsFromLogits.apply(logits, labels, temperature, int(ignore_index), name)
+    return _logits_op(logits, labels, temperature, int(ignore_index), name)[0]
 
 
 def log_probs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
