@@ -250,8 +250,8 @@ def test_train_dpo_step_with_fused_logprobs(models, pairs_file, tmp_path, one_ra
     # policy and (unless reference-free) reference: one forward each, both fused and checked
     assert len(checked_fused_forward) == (1 if reference_free else 2)
     assert max(checked_fused_forward) <= BF16_LOGP_ATOL, checked_fused_forward
-    print(f"{name} {loss}: max |d logp| per token, fused vs upstream (bf16): {max(checked_fused_forward):.3f}")
     assert "-> fused lm_head + log-probs" in capsys.readouterr().out
+    print(f"{name} {loss}: max |d logp| per token, fused vs upstream (bf16): {max(checked_fused_forward):.3f}")
     assert len(logs) == 1 and torch.isfinite(torch.tensor([logs[0]["loss"], logs[0]["grad_norm"]])).all()
     assert logs[0]["grad_norm"] > 0
 
@@ -277,16 +277,8 @@ def seeds_file(tmp_path_factory):
     return str(path)
 
 
-# train_rloo samples with HF generate on the Actor's model, whose config OpenRLHF sets to
-# output_router_logits=True for MoE; with a KV cache, transformers' load-balancing loss then
-# meets a full-length attention mask next to one-token router logits and raises. Not the fused
-# path (it fails in solve/online.py's generate); strict, so a fix turns this into a failure to remove.
-MOE_GENERATE = pytest.mark.xfail(strict=True, raises=RuntimeError,
-                                 reason="generate with output_router_logits=True (solve/online.py)")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=MOE_GENERATE) if n == "qwen2_moe" else n for n in FAMILIES])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_train_rloo_two_steps_with_fused_logprobs(models, seeds_file, tmp_path, one_rank, checked_fused_forward,
                                                   name):
     trainer = train_rloo.OnlineTrainer(train_rloo.parse_args(rloo_argv(models[name], seeds_file, tmp_path)))

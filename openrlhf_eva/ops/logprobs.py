@@ -81,6 +81,8 @@ def resolve_backend(device: torch.device, backend: Optional[str] = None, dtype: 
             why = _triton_error if _load_triton() is None else f"{dtype} has no Triton kernel"
             warn_slow_path(f"chunked torch backend on CUDA: {why}")
         return "torch"
+    if name == "torch" and device.type == "cuda":
+        warn_slow_path(f"chunked torch backend on CUDA: backend 'torch' requested (argument or {BACKEND_ENV})")
     if name == "triton":
         if _load_triton() is None:
             raise RuntimeError(f"backend='triton' requested but {_triton_error}")
@@ -264,11 +266,6 @@ def default_vocab_cols(vocab: int, width: int) -> int:
     return max(1, min(vocab, max(_MIN_VOCAB_COLS, cols // _MIN_VOCAB_COLS * _MIN_VOCAB_COLS)))
 
 
-def _backward_tile_rows(num_rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> int:
-    # A backward tile is [rows, cols]; as wide as the forward's chunk in bytes.
-    return default_chunk_rows(num_rows, cols, dtype, device)
-
-
 def _rows(h2: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """A contiguous [rows, H] chunk of the hidden states (a copy only for strided inputs).
 
@@ -306,10 +303,6 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     acc.add_(torch.mm(a, b))
 
 
-def _softcap_pair(softcap: Optional[float], pre_scale: float):
-    return None if softcap is None else (softcap, pre_scale)
-
-
 def _fused_forward(hidden, weight, bias, labels, temperature, softcap, pre_scale, ignore_index, backend, rows):
     H = hidden.shape[-1]
     h2 = hidden.reshape(-1, H)
@@ -323,7 +316,8 @@ def _fused_forward(hidden, weight, bias, labels, temperature, softcap, pre_scale
         e = min(s + rows, n)
         logits = _linear(_rows(h2, s, e), weight, bias)
         out[s:e], row_max[s:e], row_logsum[s:e] = impl.logprob_forward(
-            logits.unsqueeze(0), flat_labels[s:e], temperature, ignore_index, softcap=_softcap_pair(softcap, pre_scale)
+            logits.unsqueeze(0), flat_labels[s:e], temperature, ignore_index,
+            softcap=None if softcap is None else (softcap, pre_scale),
         )
         del logits
     return out.view(labels.shape), row_max, row_logsum
@@ -339,7 +333,7 @@ def _fused_backward(grad_out, hidden, w, b, labels, row_max, row_logsum, tempera
     [cols, H] buffer reused by every slice. dH sums over slices (fp32 when there are several).
     """
     impl = _backend_module(backend)
-    cap = _softcap_pair(softcap, pre_scale)
+    cap = None if softcap is None else (softcap, pre_scale)
     H = hidden.shape[-1]
     h2 = hidden.reshape(-1, H)
     flat_labels = labels.reshape(-1)
@@ -517,7 +511,8 @@ def fused_linear_logprobs(
     n, (V, H) = labels.numel(), weight.shape
     cols = vocab_chunk_size or default_vocab_cols(V, H)
     rows = chunk_size or default_chunk_rows(n, V, hidden.dtype, hidden.device)
-    backward_rows = chunk_size or _backward_tile_rows(n, cols, hidden.dtype, hidden.device)
+    # A backward tile is [rows, cols], as many bytes as a forward chunk.
+    backward_rows = chunk_size or default_chunk_rows(n, cols, hidden.dtype, hidden.device)
     out, _, _ = _fused_op(hidden, weight, bias, labels, temperature, softcap, pre_scale, int(ignore_index),
                           backend_name, rows, backward_rows, cols)
     return out

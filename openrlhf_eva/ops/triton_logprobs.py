@@ -257,12 +257,6 @@ def _params(temperature: float, softcap, dtype: torch.dtype, device) -> torch.Te
     return torch.tensor([1.0 / temperature, cap, pre_scale], dtype=dtype, device=device)
 
 
-def _on_device(x: torch.Tensor):
-    # Kernels launch on the current CUDA device; a tensor on another GPU would be read from the
-    # wrong context. No-op on CPU (interpreter).
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def logprob_forward(x3d, labels, temperature, ignore_index, *, softcap=None, block_v=None):
     """Forward over a [B, T, V] view (any strides). Returns flat (out, row_max, row_logsum)."""
     from .torch_logprobs import _label_masks, acc_dtype, apply_softcap
@@ -277,7 +271,9 @@ def logprob_forward(x3d, labels, temperature, ignore_index, *, softcap=None, blo
     fwd, _, splits, kwargs = _launch(x3d, n, V, block_v)
     part_max = torch.empty((n, splits), dtype=acc, device=x3d.device)
     part_sum = torch.empty_like(part_max)
-    with _on_device(x3d):
+    # Kernels launch on the current CUDA device: a tensor on another GPU needs its own device
+    # current for the launch (a no-op on CPU, under the interpreter).
+    with torch.cuda.device(x3d.device) if x3d.is_cuda else contextlib.nullcontext():
         fwd[(n, splits)](
             x3d,
             labels,
@@ -324,7 +320,7 @@ def logprob_backward(
     if n == 0:
         return out
     _, bwd, splits, kwargs = _launch(x3d, n, V, block_v)
-    with _on_device(x3d):
+    with torch.cuda.device(x3d.device) if x3d.is_cuda else contextlib.nullcontext():  # device guard
         bwd[(n, splits)](
             x3d,
             labels.contiguous(),

@@ -8,11 +8,12 @@ Exact or refused, per model family: the fused path runs only for the families wh
 `*ForCausalLM.forward` (transformers 5.15) is read below, with their logit post-processing
 (Gemma-2/3 final-logit soft-capping, Cohere's logit_scale, Granite's logits_scaling) done inside
 the op. Everything else (unknown families, packed samples, ring attention, entropy, logits asked
-for, VLMs, an lm_head carrying LoRA) goes to upstream's forward unchanged. Each Actor prints one
+for, VLMs, an lm_head carrying LoRA, ZeRO-3) goes to upstream's forward unchanged. Each Actor prints one
 line per path it takes, with the reason. LoRA (peft) models run their LoRA-injected backbone.
 MoE models add the router's load-balancing loss as upstream's forward does.
-The call sits inside Actor.forward, the module DeepSpeed wraps, so ZeRO-3 gathers lm_head's
-weight for it in forward and again in backward (see openrlhf_eva/ops/__init__.py).
+OpenRLHF's strategy wraps the HF model (not the Actor) in the DeepSpeed engine, so this call runs
+outside the engine's module and a ZeRO-3-partitioned lm_head cannot be gathered for it (see
+openrlhf_eva/ops/__init__.py): ZeRO-3 takes upstream's forward.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from deepspeed import DeepSpeedEngine
 from openrlhf.models.actor import Actor
 from peft import PeftModel
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
@@ -39,39 +41,40 @@ MULTIPLIED_LOGITS = {"cohere", "cohere2"}
 DIVIDED_LOGITS = {"granite", "granitemoe", "granitemoeshared"}
 
 
-def logit_postprocessing(config) -> tuple[float, float | None] | None:
-    """(logit_scale, softcap) for fused_linear_logprobs, or None for a family not read."""
-    kind = config.model_type
-    if kind in PLAIN_LOGITS:
-        return 1.0, None
-    if kind in SOFTCAPPED_LOGITS:
-        return 1.0, config.final_logit_softcapping
-    if kind in MULTIPLIED_LOGITS:
-        return float(config.logit_scale), None
-    if kind in DIVIDED_LOGITS:
-        return 1.0 / float(config.logits_scaling), None
-    return None
-
-
 def model_plan(model: torch.nn.Module):
     """(causal_lm, backbone, lm_head, (logit_scale, softcap)) for the fused path, or the reason
     (a string) why this model goes to upstream's forward. A peft model is planned on the
     *ForCausalLM inside it, whose layers carry the adapters."""
+    model = model.module if isinstance(model, DeepSpeedEngine) else model  # strategy.prepare swaps it in
     causal = model.get_base_model() if isinstance(model, PeftModel) else model
     config = getattr(causal, "config", None)
-    post = logit_postprocessing(config) if config is not None else None
-    if post is None:
-        return f"model type {getattr(config, 'model_type', None)!r} is not among the families read"
+    kind = getattr(config, "model_type", None)
+    if kind in PLAIN_LOGITS:
+        post = 1.0, None
+    elif kind in SOFTCAPPED_LOGITS:
+        post = 1.0, config.final_logit_softcapping
+    elif kind in MULTIPLIED_LOGITS:
+        post = float(config.logit_scale), None
+    elif kind in DIVIDED_LOGITS:
+        post = 1.0 / float(config.logits_scaling), None
+    else:
+        return f"model type {kind!r} is not among the families read"
     head = causal.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         # peft's lora.Linear (or a modules_to_save wrapper): lm_head's output is not x @ W^T.
         return f"lm_head is a {type(head).__module__}.{type(head).__name__}, not a plain torch Linear"
+    if hasattr(head.weight, "ds_status"):
+        # Gathered only while lm_head's own forward (or the engine's module's) runs, and this
+        # call sits in Actor.forward, outside the engine.
+        return "ZeRO-3 partitions lm_head's weight"
     backbone = causal.base_model
     if backbone is causal:
         return f"{type(causal).__name__} has no separate backbone"
     if getattr(config, "output_router_logits", False) and not hasattr(sys.modules[type(causal).__module__],
                                                                       "load_balancing_loss_func"):
         return "its router loss function was not found"
+    if getattr(config, "output_router_logits", False) and not hasattr(causal, "num_experts_per_tok"):
+        return "its expert counts were not found"
     return causal, backbone, head, post
 
 
@@ -115,8 +118,9 @@ def fused_forward(
     kwargs = dict(action_mask=action_mask, return_logprobs=return_logprobs, return_entropy=return_entropy,
                   allgather_logits=allgather_logits, mm_inputs=mm_inputs)
     plan = model_plan(self.model)
-    peft = isinstance(self.model, PeftModel)
-    name = type(self.model.get_base_model() if peft else self.model).__name__ + (" (peft)" if peft else "")
+    model = self.model.module if isinstance(self.model, DeepSpeedEngine) else self.model
+    peft = isinstance(model, PeftModel)
+    name = type(model.get_base_model() if peft else model).__name__ + (" (peft)" if peft else "")
     reason = plan if isinstance(plan, str) else _call_reason(self, kwargs)
     if reason is not None:
         _say_once(self, f"{name} -> upstream Actor.forward ({reason})")
