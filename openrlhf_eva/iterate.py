@@ -109,18 +109,22 @@ def run_dpo(stage: Stage, policy: str, pairs: Path, dpo_args: list[str], launche
             "--data.dataset", str(pairs), "--data.prompt_key", "prompt", "--data.chosen_key", "chosen",
             "--data.rejected_key", "rejected", "--ckpt.output_dir", str(stage.path),
             "--ckpt.path", str(stage.path / "ckpt"), "--ckpt.load_enable", *dpo_args]
+    # Appended, never truncated: a rerun after a crash keeps the crashed attempt's log above its own.
     log_path = stage.path.parent / "dpo.log"
     stage.path.mkdir(parents=True, exist_ok=True)
     if launcher == "inprocess":
         from openrlhf_eva import train_dpo
 
-        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+        with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+            print(f"[eva] train_dpo in this process, {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             compat.default_single_process_env()
             train_dpo.main(argv)
         return stage.finish({"seconds": time.time() - started, "argv": argv})
     module = ["--module", "openrlhf_eva.train_dpo"] if launcher else ["-m", "openrlhf_eva.train_dpo"]
     cmd = [*(shlex.split(launcher) if launcher else [sys.executable]), *module, *argv]
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
+        log.write(f"[eva] {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(shlex.quote(c) for c in cmd)}\n")
+        log.flush()
         print(f"[eva] {' '.join(shlex.quote(c) for c in cmd)}\n      (log: {log_path})", flush=True)
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=compat.child_process_env()).returncode
     if code != 0:

@@ -91,7 +91,8 @@ from openrlhf_eva.creator import (
     build_evolver,
     load_plugin,
 )
-from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
+from openrlhf_eva.creator.flags import (add_creator_flags, add_curriculum_flags, build_creator_filters,
+                                        curriculum_options, evolver_options)
 from openrlhf_eva.compat import ray_cpu, seams
 from openrlhf_eva.creator.online import OnlinePromptSource
 from openrlhf_eva.generation import build_generator
@@ -114,6 +115,7 @@ def add_eva_flags(parser: argparse.ArgumentParser) -> None:
     add("--eva.n_new", type=int, default=4, help="children per evolved prompt in warm-up and mix-up")
     add("--eva.n_new_bootstrap", type=int, default=2, help="children per evolved prompt in bootstrap")
     add("--eva.ratio_evol", type=float, default=0.5, help="share of a mix-up batch drawn from the buffer")
+    add_curriculum_flags(add)
     add("--eva.total_prompts", type=int, default=0,
         help="prompts the run trains on, seeds and evolved (0: the number of seed prompts); sizes max_steps")
     add("--eva.evolver", default="evol_instruct",
@@ -384,7 +386,7 @@ class EvaPPOTrainer(PPOTrainer.__ray_actor_class__):
             total_prompts=eva.total_prompts or None, capacity=eva.buffer_size, top_frac=eva.top_frac,
             n_new=eva.n_new, n_new_bootstrap=eva.n_new_bootstrap, ratio_evol=eva.ratio_evol, metric=eva.metric,
             sample_mode=eva.sample_mode, filters=build_creator_filters(eva, self.tokenizer, args.data.max_len),
-            seed=args.train.seed,
+            seed=args.train.seed, **curriculum_options(eva),
         )
         templated = functools.partial(format_prompt, args=args, tokenizer=self.tokenizer)
         self.eva_loader = EvaPromptLoader(source, templated, args.rollout.n_samples_per_prompt)

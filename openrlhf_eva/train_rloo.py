@@ -13,11 +13,42 @@ an identical copy of the prompt source. One rank: `python -m openrlhf_eva.train_
         --eva.evolver task --eva.evolver_path evolve_func.py --eva.total_prompts 2x
 
 Flags. OpenRLHF's `cli/train_ppo_ray.py` builds its parser inside `__main__` and imports Ray and
-vLLM at the top, so it can be neither imported nor run here. This parser therefore declares the
-subset of its flags this trainer implements, with upstream's names, meanings and defaults (see
-`build_parser`), with one deliberate exception: `--algo.advantage.estimator` defaults to `rloo`
-(upstream: `gae`, which needs a critic this trainer does not have). An upstream flag that is not
-listed is rejected by argparse rather than silently ignored. eva's own flags are `--eva.*`:
+vLLM at the top, so it can be neither imported nor run here. This parser declares every one of its
+flags (167 with the actor/critic optimizer families), with upstream's names and defaults, with
+one deliberate exception: `--algo.advantage.estimator` defaults to `rloo` (upstream: `gae`, which
+needs a critic). Each either works with upstream's meaning or is refused by name:
+
+    implemented   models: --actor.gradient_checkpointing_enable/_reentrant, --ds.lora.{rank,alpha,
+                  target_modules,dropout} (policy only, as upstream), --ds.load_in_4bit (needs
+                  bitsandbytes), --ds.use_liger_kernel (needs liger-kernel), --ds.experts_implementation,
+                  --ref.offload / --reward.offload, --train.enable_ema / --train.ema_beta (the EMA
+                  model is what gets saved), --use_ms; DeepSpeed: --ds.zpg, --ds.grad_accum_dtype,
+                  --ds.overlap_comm, --ds.deepcompile, --ds.use_universal_ckpt (read by OpenRLHF's
+                  strategy), --train.full_determinism_enable; optimizer: --actor.optim muon and
+                  --actor.muon.*; loss: --actor.entropy_coef, --actor.aux_loss_coef (MoE);
+                  rewards: --reward.overlong_buffer_len / _penalty_factor (DAPO),
+                  --reward.stop_properly_penalty_coef (ProRL), applied as upstream before
+                  advantages, DPO pairs and eva see the rewards; data: --data.prompt_probs,
+                  --data.prompt_split (several datasets through upstream's blending_datasets);
+                  eval: --eval.dataset/_split/_steps/_temperature/_n_samples_per_prompt (upstream's
+                  eval_<datasource>_pass1 / _pass<n> / _response_length_mean / _truncated_rate in
+                  that step's eva_metrics.jsonl line and the trackers), --ckpt.best_metric_key
+                  (best_global_step<N> checkpoints), --ckpt.save_hf (<ckpt.path>/<tag>_hf),
+                  --ckpt.disable_ds; --algo.dynamic_filtering_enable/_range (one rank).
+                  Accepted as what always happens here: --train.colocate_actor_ref,
+                  --train.colocate_all (every model shares each rank's device),
+                  --data.dataloader_num_workers (prompts are held in memory).
+    refused       openrlhf_eva.train_rloo_flags.REFUSED, each with its reason and
+                  openrlhf_eva.train_ppo_ray as the entry point that has it: --critic.* and
+                  --algo.advantage.lambd (no critic), --vllm.* (except --vllm.num_engines 0),
+                  --rollout.vllm_generate_batch_size, --ds.enable_sleep (no vLLM), the Ray
+                  placement flags (--{actor,ref,reward}.num_nodes/_num_gpus_per_node), IS correction
+                  (--algo.advantage.is_correction_*), async (--train.async_*,
+                  --train.partial_rollout_enable), packing and dynamic batches, tensor/ring
+                  parallelism, --train.agent_func_path, the VLM flags. At upstream's default they
+                  parse and do nothing; set otherwise, the run stops naming the flag.
+
+eva's own flags are `--eva.*`:
 
     --eva.solver {pg,online_dpo}  pg: the policy-gradient loss with --algo.advantage.estimator;
                                   online_dpo: best vs worst of the n samples, DPO vs the reference
@@ -45,6 +76,11 @@ listed is rejected by argparse rather than silently ignored. eva's own flags are
     --eva.filters                 filters every child must pass (default: all of
                                   openrlhf_eva.creator.DEFAULT_FILTERS; rejections per filter in
                                   eva/rejected_<filter> and on the console)
+    --eva.seed_replay / --eva.frontier_quantile / --eva.frontier_window
+                                  curriculum control (default 0.25 / 0.25 / 8): the seeds' share
+                                  of every batch after the first seed pass, and the bar a prompt's
+                                  mean reward must clear (a quantile of the recent seed prompts')
+                                  to be evolved; see openrlhf_eva.creator.online
     --eva.plugin / --eva.evolve_max_new_tokens, and openrlhf_eva.creator.flags'
                                   --eva.evolver_options / --eva.filter_options /
                                   --eva.evolve_feedback / --eva.evolve_parents / --eva.eval_prompts:
@@ -62,6 +98,7 @@ resumes exactly where the checkpoint was taken.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -74,16 +111,19 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from openrlhf.trainer.ppo_utils import apply_length_penalties
 
 from openrlhf_eva import compat
-from openrlhf_eva.creator import DEFAULT_FILTERS, EVOLVERS, TaskEvolver, load_plugin, read_prompts
-from openrlhf_eva.creator.flags import add_creator_flags, build_creator_filters, evolver_options
+from openrlhf_eva.creator import DEFAULT_FILTERS, EVOLVERS, TaskEvolver, load_plugin
+from openrlhf_eva.creator.flags import (add_creator_flags, add_curriculum_flags, build_creator_filters,
+                                        curriculum_options, evolver_options)
 from openrlhf_eva.creator.online import OnlinePromptSource
 from openrlhf_eva.generation import Generator, HFGenerator, build_generator
 from openrlhf_eva.rewards import RewardError, build_reward
 from openrlhf_eva.rollout import apply_chat_template
 from openrlhf_eva.solve import online
 from openrlhf_eva.solve.losses import PreferenceLoss
+from openrlhf_eva.train_rloo_flags import add_refused_flags, check_refused_flags, read_prompt_datasets
 from openrlhf_eva.upstream import cpu_friendly_defaults
 
 METRICS_FILE = "eva_metrics.jsonl"
@@ -97,7 +137,10 @@ class CreatorLoadError(RuntimeError):
 
 def build_parser() -> argparse.ArgumentParser:
     """Upstream train_ppo_ray names and defaults for the flags implemented here, plus --eva.*."""
+    # A short usage line: with every upstream flag declared, argparse's own would run to 200 lines.
     parser = argparse.ArgumentParser(prog="openrlhf_eva.train_rloo", description=__doc__,
+                                     usage="%(prog)s --actor.model_name_or_path MODEL --data.prompt_dataset DATA "
+                                     "[FLAG ...] (--help lists them)",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     # models and DeepSpeed
@@ -105,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--reward.model_name_or_path", default=None, help="an OpenRLHF reward model")
     add("--reward.remote_url", default=None, help="a reward_func .py file, or RM server URL(s), comma-separated")
     add("--reward.normalize_enable", action="store_true", default=False)
+    add("--reward.offload", action="store_true", default=False, help="the reward model waits in CPU memory")
     add("--reward.clip_range", type=float, nargs=2, default=(-10, 10))
     add("--ds.value_head_prefix", default="score")
     add("--local_rank", type=int, default=-1, help="local_rank for deepspeed")
@@ -112,11 +156,42 @@ def build_parser() -> argparse.ArgumentParser:
         "rank by rank)")
     add("--ds.param_dtype", default="bf16", choices=["bf16", "fp16"])
     add("--ds.attn_implementation", default="flash_attention_2")
+    add("--ds.experts_implementation", default=None, choices=["eager", "batched_mm", "grouped_mm", "deepgemm"],
+        help="MoE expert kernels, passed to from_pretrained")
+    add("--ds.use_liger_kernel", action="store_true", default=False, help="Liger kernels (needs liger-kernel)")
     add("--ds.adam_offload", action="store_true", default=False)
-    add("--ds.tensor_parallel_size", type=int, default=1, choices=[1], help="no tensor parallelism here")
-    add("--ds.ring_attn_size", type=int, default=1, choices=[1], help="no ring attention here")
+    # read by OpenRLHF's DeepspeedStrategy straight from these flags
+    add("--ds.zpg", type=int, default=1, help="ZeRO++ max partition size")
+    add("--ds.grad_accum_dtype", default=None, help="Adam grad accum data type")
+    add("--ds.overlap_comm", action="store_true", default=False)
+    add("--ds.deepcompile", action="store_true", default=False)
+    add("--ds.use_universal_ckpt", action="store_true", default=False, help="load DeepSpeed universal checkpoints")
+    add("--ds.load_in_4bit", action="store_true", default=False, help="QLoRA base weights (needs bitsandbytes)")
+    add("--ds.lora.rank", type=int, default=0, help="LoRA adapters of this rank (0: full fine-tuning)")
+    add("--ds.lora.alpha", type=int, default=16)
+    add("--ds.lora.target_modules", nargs="*", default="all-linear")
+    add("--ds.lora.dropout", type=float, default=0)
+    add("--actor.gradient_checkpointing_enable", action="store_true", default=False)
+    add("--actor.gradient_checkpointing_reentrant", action="store_true", default=False)
+    add("--ref.offload", action="store_true", default=False, help="reference params offloaded to CPU (DeepSpeed "
+        "applies this at ZeRO-3 only, as upstream)")
+    add("--train.enable_ema", action="store_true", default=False, help="keep an EMA of the policy; it is what "
+        "gets saved")
+    add("--train.ema_beta", type=float, default=0.992)
+    add("--train.full_determinism_enable", action="store_true", default=False)
+    # Every model already shares every rank's device here: these ask for what always happens.
+    add("--train.colocate_actor_ref", action="store_true", default=False, help="always so here")
+    add("--train.colocate_all", action="store_true", default=False, help="always so here (no vLLM)")
     add("--data.disable_fast_tokenizer", action="store_true", default=False)
+    add("--data.dataloader_num_workers", type=int, default=0, help="no effect: prompts are held in memory")
+    add("--use_ms", action="store_true", default=False, help="download models from ModelScope")
     # optimizer and scheduler (actor)
+    add("--actor.optim", default="adam", choices=["adam", "muon"])
+    add("--actor.muon.lr", type=float, default=0.02)
+    add("--actor.muon.momentum", type=float, default=0.95)
+    add("--actor.muon.ns_steps", type=int, default=5, help="DeepSpeed ignores it (upstream's placeholder)")
+    add("--actor.muon.nesterov", action="store_true", default=True)
+    add("--actor.muon.no_nesterov", dest="actor.muon.nesterov", action="store_false")
     add("--actor.adam.lr", type=float, default=1e-6)
     add("--actor.adam.betas", type=float, nargs=2, default=(0.9, 0.95))
     add("--actor.adam.eps", type=float, default=1e-8)
@@ -131,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--actor.dual_clip", type=float, default=None)
     add("--actor.policy_loss_type", default="ppo", choices=["ppo", "gspo"])
     add("--actor.loss_agg_mode", default="token-mean", choices=["token-mean", "seq-mean-token-mean"])
+    add("--actor.entropy_coef", type=float, default=None, help="entropy bonus coefficient (0: only log entropy)")
+    add("--actor.aux_loss_coef", type=float, default=0, help="MoE load-balancing loss coefficient")
     # advantages and KL
     add("--algo.advantage.estimator", default="rloo", choices=list(online.ESTIMATORS),
         help="upstream's default gae needs a critic: use openrlhf_eva.train_ppo_ray for it")
@@ -142,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--algo.kl.estimator", default="k1", choices=["k1", "k2", "k3"])
     add("--algo.kl.use_loss", action="store_true", default=False)
     add("--algo.kl.unbiased_gradient", action="store_true", default=False)
+    add("--algo.dynamic_filtering_enable", action="store_true", default=False,
+        help="drop prompt groups whose mean reward is not strictly inside --algo.dynamic_filtering_range and "
+             "refill the batch with the next prompts (upstream's semantics; one rank here)")
+    add("--algo.dynamic_filtering_range", nargs=2, default=(0, 1), type=float, help="Dynamic filtering rewards range")
     # rollouts and batches
     add("--rollout.batch_size", type=int, default=1024, help="prompts per rollout batch (all ranks)")
     add("--rollout.micro_batch_size", type=int, default=1, help="sequences per log-prob forward")
@@ -149,7 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rollout.max_new_tokens", type=int, default=None, help="default: --data.max_len - prompt length")
     add("--rollout.temperature", type=float, default=1.0)
     add("--rollout.top_p", type=float, default=1.0)
-    add("--vllm.num_engines", type=int, default=None, help="not implemented here: rollouts use HF generate")
     add("--train.batch_size", type=int, default=128, help="samples per optimizer step (online DPO: pairs)")
     add("--train.micro_batch_size", type=int, default=1)
     add("--train.max_epochs", type=int, default=1)
@@ -163,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data.apply_chat_template", action="store_true", default=False)
     add("--data.max_len", type=int, default=2048, help="max prompt + response tokens")
     add("--data.max_samples", type=int, default=int(1e8))
+    add("--data.prompt_probs", default=None, help="sampling probabilities of comma-separated --data.prompt_dataset")
+    add("--data.prompt_split", default="train")
+    add("--reward.overlong_buffer_len", type=float, default=None, help="DAPO overlong penalty over the last "
+        "this many tokens of the response budget")
+    add("--reward.overlong_penalty_factor", type=float, default=1)
+    add("--reward.stop_properly_penalty_coef", type=float, default=None, help="truncated samples: reward times "
+        "this (>= 0) or set to it (< 0)")
+    # periodic evaluation
+    add("--eval.dataset", default=None, help="prompts scored every --eval.steps (pass@1, pass@n)")
+    add("--eval.split", default="train")
+    add("--eval.steps", type=int, default=-1)
+    add("--eval.temperature", type=float, default=0.6)
+    add("--eval.n_samples_per_prompt", type=int, default=4)
     # checkpoints and logging
     add("--ckpt.output_dir", default="./ckpt")
     add("--ckpt.path", default="./ckpt/checkpoints_ppo_ray")
@@ -170,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ckpt.max_num", type=int, default=3)
     add("--ckpt.max_mem", type=float, default=float("inf"))
     add("--ckpt.load_enable", action="store_true", default=False)
+    add("--ckpt.save_hf", action="store_true", default=False, help="also save an HF model with every checkpoint")
+    add("--ckpt.disable_ds", action="store_true", default=False, help="no DeepSpeed checkpoints (no resume)")
+    add("--ckpt.best_metric_key", default="", help="eval metric whose best value gets a best_global_step "
+        "checkpoint; empty: the first *_pass1; none: off")
     add("--logger.logging_steps", type=int, default=1)
     add("--logger.tensorboard_dir", default=None)
     add("--logger.wandb.key", default=None)
@@ -197,9 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.n_new_bootstrap", type=int, default=2)
     add("--eva.ratio_evol", type=float, default=0.5)
     add("--eva.total_prompts", default=None, help='a prompt count, or "Nx" for N times the seed set')
+    add_curriculum_flags(add)
     add("--eva.filters", nargs="*", default=list(DEFAULT_FILTERS), help="filters every evolved child must pass")
     add("--eva.plugin", action="append", default=[], help="Python file registering metrics/evolvers/filters")
     add_creator_flags(add)  # evolver/filter options shared with openrlhf_eva.evolve and train_ppo_ray
+    add_refused_flags(parser)
     return parser
 
 
@@ -209,6 +308,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     parser = build_parser()
     flat = parser.parse_args(argv)
+    check_refused_flags(parser, flat)
     cpu_friendly_defaults(flat)
     args = hierarchize(flat)
     if args.actor.eps_clip_low_high is None:
@@ -220,13 +320,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("online_dpo picks best vs worst of the samples: --rollout.n_samples_per_prompt must be > 1")
     if not (args.reward.remote_url or args.reward.model_name_or_path):
         parser.error("give a reward: --reward.remote_url (reward_func .py file or URL) or --reward.model_name_or_path")
-    if args.vllm.num_engines:
-        parser.error("--vllm.num_engines: this trainer rolls out with HF generate; "
-                     "vLLM rollouts run in openrlhf_eva.train_ppo_ray")
     per_rollout = args.rollout.batch_size * (n if args.eva.solver == "pg" else 1)
     if per_rollout % args.train.batch_size:
         parser.error(f"--train.batch_size {args.train.batch_size} must divide the {per_rollout} "
                      f"{'samples' if args.eva.solver == 'pg' else 'pairs'} of a rollout batch")
+    if args.algo.dynamic_filtering_enable:
+        low, high = args.algo.dynamic_filtering_range
+        if not low < high:
+            parser.error(f"--algo.dynamic_filtering_range {low} {high}: the low end must be below the high end")
+        if n < 2:
+            parser.error("--algo.dynamic_filtering_enable filters on a group's mean reward: "
+                         "--rollout.n_samples_per_prompt must be > 1")
     if args.eva.evolver == "task" and not args.eva.evolver_path:
         parser.error("--eva.evolver task needs --eva.evolver_path (a file defining evolve(prompt, label, rng))")
     if args.eva.rewrite_chosen and args.eva.solver != "online_dpo":
@@ -234,8 +338,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      "it needs --eva.solver online_dpo")
     if args.eva.evolver_url and not args.eva.evolver_model:
         parser.error("--eva.evolver_url needs --eva.evolver_model, the served model's name")
+    for flag, module, package in (("--ds.load_in_4bit", "bitsandbytes", "bitsandbytes"),
+                                  ("--ds.use_liger_kernel", "liger_kernel", "liger-kernel"),
+                                  ("--use_ms", "modelscope", "modelscope")):
+        if getattr(flat, flag[2:]) and importlib.util.find_spec(module) is None:
+            parser.error(f"{flag} needs the {package} package, which is not installed (pip install {package})")
+    if args.ds.load_in_4bit and args.ds.param_dtype != "bf16":
+        parser.error("--ds.load_in_4bit computes in bf16: it needs --ds.param_dtype bf16")
+    if args.train.enable_ema and args.ds.lora.rank > 0:
+        # upstream's EMA copy is a plain model: pairing its parameters with a LoRA model's mixes them up
+        parser.error("--train.enable_ema averages full weights: it cannot follow a --ds.lora.rank adapter")
+    if args.eva.solver != "pg" and (args.actor.entropy_coef is not None or args.actor.aux_loss_coef):
+        parser.error("--actor.entropy_coef and --actor.aux_loss_coef join the policy-gradient loss: "
+                     "they need --eva.solver pg")
+    if args.actor.aux_loss_coef and args.eva.fused_logprobs:
+        parser.error("--actor.aux_loss_coef needs the router logits of the model's own forward, "
+                     "which --eva.fused_logprobs skips")
+    response_budget = args.rollout.max_new_tokens or args.data.max_len  # upstream's budget for the penalty
+    if args.reward.overlong_buffer_len is not None and not 0 < args.reward.overlong_buffer_len <= response_budget:
+        parser.error(f"--reward.overlong_buffer_len {args.reward.overlong_buffer_len} must be in "
+                     f"(0, {response_budget}], the response budget")
+    if (args.reward.stop_properly_penalty_coef or 0) > 1:
+        parser.error("--reward.stop_properly_penalty_coef scales truncated rewards by a value in [0, 1] "
+                     "or, when negative, replaces them")
+    if args.data.prompt_probs and len(args.data.prompt_probs.split(",")) != len(args.data.prompt_dataset.split(",")):
+        parser.error("--data.prompt_probs needs one probability per --data.prompt_dataset entry")
     if args.ckpt.save_steps == -1:
         args.ckpt.save_steps = float("inf")
+    if args.eval.steps == -1:
+        args.eval.steps = float("inf")
     return args
 
 
@@ -296,7 +427,8 @@ def build_reward_oracle(args):
         return build_reward("remote", urls=url)
     return build_reward("reward_model", path=args.reward.model_name_or_path, max_len=args.data.max_len,
                         normalize_reward=args.reward.normalize_enable, value_head_prefix=args.ds.value_head_prefix,
-                        param_dtype=args.ds.param_dtype, attn_implementation=args.ds.attn_implementation)
+                        param_dtype=args.ds.param_dtype, attn_implementation=args.ds.attn_implementation,
+                        offload=args.reward.offload)
 
 
 def format_prompts(args, tokenizer, prompts: list[str]) -> list[str]:
@@ -351,7 +483,7 @@ def use_torch_adam_on_cpu(strategy) -> None:
 
     def get_ds_train_config(optim_dict=None, **kwargs):
         config = build(optim_dict, **kwargs)
-        if "optimizer" in config:
+        if config.get("optimizer", {}).get("type") == "AdamW":  # not Muon (--actor.optim muon)
             config["optimizer"]["params"]["torch_adam"] = True
         return config
 
@@ -371,21 +503,41 @@ class OnlineTrainer:
         use_torch_adam_on_cpu(strategy)
         strategy.setup_distributed()
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        if args.algo.dynamic_filtering_enable and self.world_size > 1:
+            raise ValueError("--algo.dynamic_filtering_enable runs on one rank in train_rloo (refills would give "
+                             f"the {self.world_size} ranks different batch sizes); use openrlhf_eva.train_ppo_ray")
         if args.rollout.batch_size % self.world_size:
             raise ValueError(f"--rollout.batch_size {args.rollout.batch_size} must be a multiple of the "
                              f"{self.world_size} ranks")
         self.n, self.solver = args.rollout.n_samples_per_prompt, args.eva.solver
 
+        if args.use_ms:
+            from modelscope.utils.hf_util import patch_hub
+
+            patch_hub()  # as upstream: model names resolve on ModelScope's hub
         pretrain = args.actor.model_name_or_path
-        actor_kwargs = dict(attn_implementation=args.ds.attn_implementation, param_dtype=args.ds.param_dtype,
-                            temperature=args.rollout.temperature)
-        actor = Actor(pretrain, ds_config=strategy.get_ds_train_config(), **actor_kwargs)
+        # The Actor arguments of upstream's policy, reference and EMA models (trainer/ray/ppo_actor.py,
+        # launcher.py): LoRA only on the policy, the EMA copy without Liger or temperature.
+        model_kwargs = dict(attn_implementation=args.ds.attn_implementation, param_dtype=args.ds.param_dtype,
+                            experts_implementation=args.ds.experts_implementation, load_in_4bit=args.ds.load_in_4bit)
+        sampling_kwargs = dict(temperature=args.rollout.temperature, use_liger_kernel=args.ds.use_liger_kernel)
+        lora = args.ds.lora
+        actor = Actor(pretrain, ds_config=strategy.get_ds_train_config(), lora_rank=lora.rank, lora_alpha=lora.alpha,
+                      target_modules=lora.target_modules, lora_dropout=lora.dropout, **model_kwargs, **sampling_kwargs)
+        if args.actor.gradient_checkpointing_enable:
+            actor.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": args.actor.gradient_checkpointing_reentrant})
         self.tokenizer = get_tokenizer(pretrain, actor.model, "left", strategy,
                                        use_fast=not args.data.disable_fast_tokenizer)
         needs_reference = self.solver == "online_dpo" or args.algo.kl.init_coef > 0
-        reference = None
+        reference = ema = None
         if needs_reference:
-            reference = Actor(pretrain, ds_config=strategy.get_ds_eval_config(), **actor_kwargs)
+            reference = Actor(pretrain, ds_config=strategy.get_ds_eval_config(offload=args.ref.offload),
+                              **model_kwargs, **sampling_kwargs)
+            reference._offload = args.ref.offload  # strategy.prepare builds its DeepSpeed config from this
+        if args.train.enable_ema:
+            ema = Actor(pretrain, ds_config=strategy.get_ds_eval_config(offload=True), **model_kwargs)
+            ema._offload = True
         if args.eva.fused_logprobs:
             from openrlhf_eva.solve.fused_actor import fused_forward
 
@@ -397,8 +549,10 @@ class OnlineTrainer:
                     model.forward = types.MethodType(fused_forward, model)
         self.oracle = build_reward_oracle(args)
 
-        seeds = read_prompts(args.data.prompt_dataset, args.data.input_key, args.data.label_key)
-        seeds = seeds[: args.data.max_samples]
+        seeds = read_prompt_datasets(args, strategy, args.data.prompt_dataset, args.data.prompt_probs,
+                                     args.data.prompt_split)
+        self.eval_prompts = (read_prompt_datasets(args, strategy, args.eval.dataset, None, args.eval.split)
+                             if args.eval.dataset else [])
         for path in args.eva.plugin:
             load_plugin(path)
         # The policy as creator generates with actor.model: the DeepSpeed engine below wraps that
@@ -412,17 +566,22 @@ class OnlineTrainer:
             n_new=args.eva.n_new, n_new_bootstrap=args.eva.n_new_bootstrap, ratio_evol=args.eva.ratio_evol,
             metric=args.eva.metric, sample_mode=args.eva.sample_mode,
             filters=build_creator_filters(args.eva, self.tokenizer, args.data.max_len), seed=args.train.seed,
+            **curriculum_options(args.eva),
             rank=self.rank, world_size=self.world_size, all_gather_object=self.all_gather_object)
         # Optimizer steps per rollout batch are fixed, so the prompt budget sizes the schedule exactly.
         self.steps_per_batch = (args.rollout.batch_size * (self.n if self.solver == "pg" else 1)
                                 // args.train.batch_size * args.train.max_epochs)
         self.max_steps = self.source.num_batches * self.steps_per_batch
 
-        actor_cfg = dict(optim="adam", muon={}, adam=vars(args.actor.adam), lr_scheduler=args.actor.lr_scheduler,
-                         lr_warmup_ratio=args.actor.lr_warmup_ratio, min_lr_ratio=args.actor.min_lr_ratio,
-                         max_norm=args.actor.max_norm, scheduler_steps=self.max_steps)
+        actor_cfg = dict(optim=args.actor.optim, muon=vars(args.actor.muon), adam=vars(args.actor.adam),
+                         lr_scheduler=args.actor.lr_scheduler, lr_warmup_ratio=args.actor.lr_warmup_ratio,
+                         min_lr_ratio=args.actor.min_lr_ratio, max_norm=args.actor.max_norm,
+                         scheduler_steps=self.max_steps)
         self.actor, self.optimizer, self.scheduler = strategy.prepare((actor, actor_cfg))
         self.reference = strategy.prepare(reference) if reference is not None else None
+        self.ema = strategy.prepare(ema) if ema is not None else None
+        # upstream's best-checkpoint bookkeeping (ppo_trainer.py): carried by every checkpoint
+        self.best_eval = {"key": args.ckpt.best_metric_key, "value": float("-inf"), "latest": None}
         self.kl_ctl = (AdaptiveKLController(args.algo.kl.init_coef, args.algo.kl.target, args.algo.kl.horizon)
                        if args.algo.kl.target else FixedKLController(args.algo.kl.init_coef))
         self.dpo_loss = PreferenceLoss("dpo", beta=args.eva.beta) if self.solver == "online_dpo" else None
@@ -448,6 +607,7 @@ class OnlineTrainer:
         except (KeyError, ValueError) as error:
             raise ValueError(f"checkpoint {self.ckpt_dir}: cannot resume its prompt source: {error}") from error
         self.kl_ctl.value = states["kl_coef"]
+        self.best_eval = states.get("best_eval", self.best_eval)
         if len(states["rng_states"]) == self.world_size:
             set_rng_states(states["rng_states"][self.rank])
             if self.creator is not None and states.get("creator_stats"):
@@ -459,29 +619,39 @@ class OnlineTrainer:
                             f"({self.source.prompts_served} prompts served)")
         return states["global_step"]
 
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int, tag: Optional[str] = None) -> None:
         """Model, optimizer and scheduler (DeepSpeed), plus the prompt source, KL and every rank's RNGs.
 
         Every rank's creator counters too: a generator seeds each call from its call count, so a
         resumed creator must count on from where it stopped to write what it would have written.
+        As upstream's actor: no DeepSpeed files with --ckpt.disable_ds, and with --ckpt.save_hf an
+        HF model (the EMA one with --train.enable_ema) in --ckpt.path/<tag>_hf.
         """
-        client_states = {"global_step": step, "eva_source": self.source.state_dict(), "kl_coef": self.kl_ctl.value,
-                         "rng_states": self.all_gather_object(rng_states())}
-        if self.creator is not None:
-            client_states["creator_stats"] = self.all_gather_object(dict(self.creator.stats))
-        self.strategy.save_ckpt(self.actor.model, self.ckpt_dir, f"global_step{step}", self.args.ckpt.max_num,
-                                self.args.ckpt.max_mem, client_states)
+        args, tag = self.args, tag or f"global_step{step}"
+        if not args.ckpt.disable_ds:
+            client_states = {"global_step": step, "eva_source": self.source.state_dict(),
+                             "kl_coef": self.kl_ctl.value, "best_eval": self.best_eval,
+                             "rng_states": self.all_gather_object(rng_states())}
+            if self.creator is not None:
+                client_states["creator_stats"] = self.all_gather_object(dict(self.creator.stats))
+            # Rotation (--ckpt.max_num) evicts the checkpoints with the worst eval metric first.
+            self.strategy.save_ckpt(self.actor.model, self.ckpt_dir, tag, args.ckpt.max_num, args.ckpt.max_mem,
+                                    client_states, metric_value=self.best_eval["latest"],
+                                    metric_key=self.best_eval["key"] or None)
+        if args.ckpt.save_hf:
+            self.strategy.save_model(self.ema or self.actor, self.tokenizer, os.path.join(args.ckpt.path, f"{tag}_hf"))
 
-    def train_step(self, step: int, batch) -> dict:
-        """Roll out this rank's shard, score it, update the policy, then let the source evolve."""
+    def roll_out(self, step: int, batch, attempt: int = 0) -> types.SimpleNamespace:
+        """Roll out this rank's shard of ``batch`` and score it (``attempt`` > 0: a dynamic-filtering
+        refill, with its own sampling seed); rewards and responses are gathered from every rank."""
         args, tokenizer, n = self.args, self.tokenizer, self.n
         started = time.perf_counter()
-        per_rank = args.rollout.batch_size // self.world_size
+        per_rank = len(batch) // self.world_size
         shard = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
         prompts = format_prompts(args, tokenizer, [p.prompt for p in shard])
         max_new_tokens = args.rollout.max_new_tokens or args.data.max_len - max(
             len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-        seed = step_seed(args.train.seed, step, self.rank)
+        seed = step_seed(args.train.seed + 7_777_777 * attempt, step, self.rank)
         experience = online.generate(
             self.actor.model.module, tokenizer, prompts, n, max_new_tokens=max_new_tokens,
             temperature=args.rollout.temperature, top_p=args.rollout.top_p, seed=seed,
@@ -490,6 +660,12 @@ class OnlineTrainer:
 
         rollouts = online.to_rollouts(experience, tokenizer, prompts, n)
         rewards = self.oracle.score(rollouts, [p.label for p in shard])
+        if args.reward.overlong_buffer_len is not None or args.reward.stop_properly_penalty_coef is not None:
+            # Upstream's DAPO overlong / ProRL stop-properly penalties, before anything reads the rewards
+            # (advantages, DPO pairs, eva's informativeness), so that all of them see the same ones.
+            experience.rewards = rewards.reshape(-1).float()
+            apply_length_penalties([experience], args)
+            rewards = experience.rewards.view_as(rewards)
         parts = self.all_gather_object({
             "rewards": rewards.tolist(), "responses": rollouts.responses,
             "response_length": experience.response_length.tolist(), "truncated": experience.truncated.tolist()})
@@ -497,14 +673,75 @@ class OnlineTrainer:
         if not torch.isfinite(all_rewards).any():
             raise RewardError(f"step {step}: every reward of the batch is NaN or inf; the reward is broken "
                               f"({args.reward.remote_url or args.reward.model_name_or_path})")
-        reward_seconds = time.perf_counter() - started - rollout_seconds
+        return types.SimpleNamespace(
+            experience=experience, shard=shard, rollouts=rollouts, rewards=rewards, parts=parts,
+            all_rewards=all_rewards, max_new_tokens=max_new_tokens, seed=seed, rollout_seconds=rollout_seconds,
+            reward_seconds=time.perf_counter() - started - rollout_seconds)
+
+    def dynamically_filtered(self, step: int, batch, out) -> tuple:
+        """Upstream's --algo.dynamic_filtering_enable: keep a prompt's group only if its mean reward lies
+        strictly inside --algo.dynamic_filtering_range, and refill the batch with the next prompts
+        (samples_generator.py: one replacement per dropped prompt) until it is full again or the prompt
+        budget is spent (then None: the run ends). Every drawn batch is observed by the prompt source
+        as it is scored, so eva's buffer sees the dropped groups too. One rank (checked at start-up)."""
+        low, high = self.args.algo.dynamic_filtering_range
+        kept_parts, consumed, passed, attempt = [], 0, 0, 0
+        while True:
+            finite = torch.isfinite(out.all_rewards)
+            means = torch.where(finite, out.all_rewards, 0.0).sum(1) / finite.sum(1).clamp(min=1)
+            keep = [i for i in range(len(batch)) if finite[i].any() and low < float(means[i]) < high]
+            consumed += len(batch)
+            passed += len(keep)
+            eva = self.source.observe(out.all_rewards, step, [row for part in out.parts for row in part["responses"]])
+            kept_parts.append((out, batch, keep))
+            missing = self.args.rollout.batch_size - sum(len(k) for _, _, k in kept_parts)
+            if missing <= 0:
+                break
+            attempt += 1
+            batch = self.source.next_batch(size=missing)
+            if not batch:
+                self.strategy.print(f"step {step}: the prompt budget ran out while refilling a dynamically "
+                                    f"filtered batch ({self.args.rollout.batch_size - missing} groups kept)")
+                return None, None, None
+            out = self.roll_out(step, batch, attempt)
+        n = self.n
+        merged = online.merge_groups([(o.experience, k) for o, _, k in kept_parts], n, self.tokenizer.pad_token_id)
+        rewards = torch.cat([o.rewards[k] for o, _, k in kept_parts])
+        responses = [o.rollouts.responses[i] for o, _, k in kept_parts for i in k]
+        queries = [o.rollouts.queries[i] for o, _, k in kept_parts for i in k]
+        first = kept_parts[0][0]
+        result = types.SimpleNamespace(
+            experience=merged, shard=[b[i] for _, b, k in kept_parts for i in k],
+            rollouts=types.SimpleNamespace(responses=responses, queries=queries), rewards=rewards,
+            parts=[{"rewards": rewards.tolist(), "responses": responses,
+                    "response_length": merged.response_length.tolist(), "truncated": merged.truncated.tolist()}],
+            all_rewards=rewards.float(), max_new_tokens=first.max_new_tokens, seed=first.seed,
+            rollout_seconds=sum(o.rollout_seconds for o, _, _ in kept_parts),
+            reward_seconds=sum(o.reward_seconds for o, _, _ in kept_parts))
+        metrics = {"prompts_consumed": consumed, "dynamic_filtering_pass_rate": 100.0 * passed / consumed,
+                   "eva": eva}
+        return result, result.shard, metrics
+
+    def train_step(self, step: int, batch) -> Optional[dict]:
+        """Roll out this rank's shard, score it, update the policy, then let the source evolve."""
+        args, tokenizer, n = self.args, self.tokenizer, self.n
+        started = time.perf_counter()
+        out = self.roll_out(step, batch)
+        filter_metrics = {"prompts_consumed": len(batch)}
+        if args.algo.dynamic_filtering_enable:
+            out, batch, filter_metrics = self.dynamically_filtered(step, batch, out)
+            if out is None:
+                return None
+        experience, shard, rollouts, rewards, parts = out.experience, out.shard, out.rollouts, out.rewards, out.parts
+        all_rewards, max_new_tokens, seed = out.all_rewards, out.max_new_tokens, out.seed
+        rollout_seconds, reward_seconds = out.rollout_seconds, out.reward_seconds
 
         generator = torch.Generator().manual_seed(seed + 1)
         if self.solver == "pg":
             online.attach_log_probs(experience, self.actor, self.reference, args)
             online.compute_advantages(experience, rewards, args, self.kl_ctl.value)
             train_metrics = online.policy_update(self.actor, self.optimizer, self.scheduler, self.strategy, experience,
-                                                 args, self.kl_ctl.value, generator)
+                                                 args, self.kl_ctl.value, generator, self.ema)
             train_metrics["kl"] = self.strategy.all_reduce(float(experience.info["kl"].mean()))
             self.kl_ctl.update(train_metrics["kl"], args.rollout.batch_size * n)
         else:
@@ -524,11 +761,14 @@ class OnlineTrainer:
                                    "timing/rewrite": time.perf_counter() - rewrite_started}
             train_metrics = online.online_dpo_update(self.actor, self.reference, self.optimizer, self.scheduler,
                                                      self.strategy, experience, rewards, args, self.dpo_loss,
-                                                     generator)
+                                                     generator, self.ema)
             train_metrics.update(rewrite_metrics)
         update_seconds = time.perf_counter() - started - rollout_seconds - reward_seconds
 
-        eva_metrics = self.source.observe(all_rewards, step, [row for part in parts for row in part["responses"]])
+        if args.algo.dynamic_filtering_enable:
+            eva_metrics = filter_metrics.pop("eva")  # observed batch by batch while filtering
+        else:
+            eva_metrics = self.source.observe(all_rewards, step, [row for part in parts for row in part["responses"]])
         hashes = self.all_gather_object(self.source.fingerprint())
         if len(set(hashes)) > 1:
             raise RuntimeError(f"step {step}: the ranks' prompt buffers diverged: {hashes}")
@@ -547,6 +787,7 @@ class OnlineTrainer:
             "truncated_rate": float(np.mean([x for part in parts for x in part["truncated"]])),
             "kl_coef": self.kl_ctl.value,
             **train_metrics,
+            **filter_metrics,
             **eva_metrics,
             "eva/buffer_hashes": hashes,
             "timing/rollout": rollout_seconds,
@@ -557,6 +798,44 @@ class OnlineTrainer:
         if "timing/evolve" in metrics:
             metrics["timing/evolve_share"] = metrics["timing/evolve"] / metrics["timing/step"]
         return metrics
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Upstream's periodic eval: each --eval.dataset prompt sampled --eval.n_samples_per_prompt
+        times at --eval.temperature and scored by the training reward (no length penalties, as
+        upstream), --rollout.batch_size prompts at a time. The ranks split the prompts. Sampling
+        forks the RNG, so evaluating changes nothing in training."""
+        args, tokenizer, n = self.args, self.tokenizer, self.args.eval.n_samples_per_prompt
+        mine = self.eval_prompts[self.rank::self.world_size]
+        chunk = max(1, args.rollout.batch_size // self.world_size)
+        rows = []
+        for start in range(0, len(mine), chunk):
+            part = mine[start:start + chunk]
+            prompts = format_prompts(args, tokenizer, [p["prompt"] for p in part])
+            max_new_tokens = args.rollout.max_new_tokens or args.data.max_len - max(
+                len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+            experience = online.generate(
+                self.actor.model.module, tokenizer, prompts, n, max_new_tokens=max_new_tokens,
+                temperature=args.eval.temperature, top_p=args.rollout.top_p,
+                seed=step_seed(args.train.seed, step, self.rank) + 2 + start,
+                prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+            rewards = self.oracle.score(online.to_rollouts(experience, tokenizer, prompts, n), [p["label"] for p in part])
+            lengths, truncated = experience.response_length.view(-1, n), experience.truncated.view(-1, n)
+            rows += [(p["metadata"].get("datasource", "default"), rewards[i].tolist(), lengths[i].tolist(),
+                      truncated[i].float().tolist()) for i, p in enumerate(part)]
+        logs = online.eval_metrics([row for part in self.all_gather_object(rows) for row in part], n)
+        for tracker in self.trackers if self.strategy.is_rank_0() else ():
+            tracker.log_eval(step, logs)
+        return logs
+
+    def eval_metric_key(self, logs: dict) -> Optional[str]:
+        """upstream's choice of the best-checkpoint metric: the named one, none, or the first *_pass1."""
+        key = self.best_eval["key"]
+        if key == "none":
+            return None
+        if key:
+            return key if key in logs else None
+        return next((name for name in sorted(logs) if name.endswith("_pass1")), None)
 
     def log(self, metrics: dict) -> None:
         """Rank 0: every step to the JSONL file; every --logger.logging_steps to console and trackers."""
@@ -589,13 +868,24 @@ class OnlineTrainer:
                        f"solver {self.solver}, eva {'off' if self.evolver is None else args.eva.evolver}")
         while batch := self.source.next_batch():
             step += 1
-            self.log(self.train_step(step, batch))
+            metrics = self.train_step(step, batch)
+            if metrics is None:  # dynamic filtering ran out of prompts before the batch was full
+                step -= 1
+                break
+            eval_logs = self.evaluate(step) if step % args.eval.steps == 0 and self.eval_prompts else {}
+            key = self.eval_metric_key(eval_logs)
+            if key is not None:
+                self.best_eval.update(key=key, latest=eval_logs[key])
+            self.log({**metrics, **eval_logs})
             if step % args.ckpt.save_steps == 0:
                 self.save_checkpoint(step)
+            if key is not None and eval_logs[key] > self.best_eval["value"]:
+                self.best_eval["value"] = eval_logs[key]
+                self.save_checkpoint(step, tag=f"best_global_step{step}")  # replaces the previous best
         if self.source.batches_served < self.source.num_batches:
             strategy.print(f"stopped early after {step} of {self.source.num_batches} rollout batches: "
                            f"{self.source.exhausted}")
-        strategy.save_model(self.actor, self.tokenizer, args.ckpt.output_dir)
+        strategy.save_model(self.ema or self.actor, self.tokenizer, args.ckpt.output_dir)
         if strategy.is_rank_0() and self.evolver is not None:
             self.source.buffer.to_jsonl(os.path.join(args.ckpt.output_dir, BUFFER_FILE))
         for tracker in self.trackers:

@@ -1,8 +1,11 @@
 """Shared fixtures. Registries are process-global: tests that register metrics, evolvers or filters
 must not leak them into later tests (the demo, for one, lists every paper metric)."""
 
+import os
+
 import pytest
 
+from openrlhf_eva import compat
 from openrlhf_eva.creator import registry
 
 
@@ -13,6 +16,20 @@ def restore_registries():
     for reg, objects in saved.items():
         reg._objects.clear()
         reg._objects.update(objects)
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_state():
+    """Every test leaves the process as it found it: no torch.distributed group, no stale DeepSpeed
+    clone of one, and the same environment. In-process trainings set RANK/MASTER_PORT/... (see
+    `compat.default_single_process_env`); a later test must pick its own free port, never inherit
+    one a destroyed group may still hold, and a later subprocess must not inherit them at all."""
+    environ = dict(os.environ)
+    yield
+    compat.leave_no_process_group()
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
+    os.environ.update(environ)
 
 
 @pytest.fixture(scope="session")

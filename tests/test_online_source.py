@@ -35,6 +35,11 @@ class BrokenEvolver(Evolver):
         raise RuntimeError("creator model is out of memory")
 
 
+def paper_source(*args, **kwargs):
+    """The paper's schedule exactly: no seed replay, no frontier bar (the curriculum tests turn them on)."""
+    return OnlinePromptSource(*args, **{"seed_replay": 0.0, "frontier_quantile": 0.0, **kwargs})
+
+
 def seeds(count=64):
     return [{"prompt": f"seed {i}", "label": str(i)} for i in range(count)]
 
@@ -59,7 +64,7 @@ def run(source, steps, n=4):
 
 def test_phases_change_at_the_steps_the_schedule_implies():
     # 64 seeds, batches of 8: top half (4 parents) x n_new 4 = 16 children a step.
-    source = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=40, total_prompts=3 * 64, seed=1)
+    source = paper_source(seeds(64), 8, VersionEvolver(), capacity=40, total_prompts=3 * 64, seed=1)
     assert source.num_batches == 24
     history = run(source, 100)
     phases = [phase for phase, _, _ in history]
@@ -83,7 +88,7 @@ def test_phases_change_at_the_steps_the_schedule_implies():
 
 
 def test_top_half_of_each_batch_is_evolved_and_children_inherit_its_info():
-    source = OnlinePromptSource(seeds(16), 8, VersionEvolver(), capacity=100, seed=0)
+    source = paper_source(seeds(16), 8, VersionEvolver(), capacity=100, seed=0)
     batch = source.next_batch()
     rewards = torch.zeros(8, 4)
     rewards[[1, 3, 5, 6], 0] = torch.tensor([0.4, 0.8, 0.2, 0.6])  # A_avg = max - mean = 3/4 of the max
@@ -94,7 +99,7 @@ def test_top_half_of_each_batch_is_evolved_and_children_inherit_its_info():
 
 
 def test_plain_source_without_evolver_is_shuffled_seeds_for_each_episode():
-    source = OnlinePromptSource(seeds(20), 8, None, num_episodes=2, seed=3)
+    source = paper_source(seeds(20), 8, None, num_episodes=2, seed=3)
     assert source.num_batches == 4  # 2 full batches per episode (drop_last), 2 episodes
     history = run(source, 10)
     assert len(history) == 4 and all(phase == "off" for phase, _, _ in history)
@@ -104,7 +109,7 @@ def test_plain_source_without_evolver_is_shuffled_seeds_for_each_episode():
 
 
 def test_bad_rewards_are_counted_and_info_comes_from_the_finite_ones():
-    source = OnlinePromptSource(seeds(16), 4, VersionEvolver(), capacity=100, seed=0)
+    source = paper_source(seeds(16), 4, VersionEvolver(), capacity=100, seed=0)
     source.next_batch()
     rewards = torch.tensor([[float("nan"), 1.0, 0.0, 0.0],  # non-finite, info from the rest: 1 - 1/3
                             [float("inf"), float("nan"), float("-inf"), float("nan")],  # nothing valid: info 0
@@ -117,7 +122,7 @@ def test_bad_rewards_are_counted_and_info_comes_from_the_finite_ones():
 
 
 def test_an_evolver_that_returns_nothing_is_counted_and_the_source_ends_with_a_reason():
-    source = OnlinePromptSource(seeds(16), 8, SilentEvolver(), total_prompts=64, seed=0)
+    source = paper_source(seeds(16), 8, SilentEvolver(), total_prompts=64, seed=0)
     history = run(source, 10)
     assert len(history) == 2  # the seeds, then an empty buffer cannot fill a bootstrap batch
     assert all(m["eva/evolve_empty"] == 1 and m["eva/children_generated"] == 0 for _, _, m in history)
@@ -125,7 +130,7 @@ def test_an_evolver_that_returns_nothing_is_counted_and_the_source_ends_with_a_r
 
 
 def test_an_evolver_that_raises_is_skipped_until_it_has_failed_several_steps_in_a_row():
-    source = OnlinePromptSource(seeds(64), 8, BrokenEvolver(), seed=0)
+    source = paper_source(seeds(64), 8, BrokenEvolver(), seed=0)
     for step in range(1, MAX_EVOLVE_FAILURES):
         batch = source.next_batch()
         metrics = source.observe(rewards_for(batch), step)
@@ -137,13 +142,14 @@ def test_an_evolver_that_raises_is_skipped_until_it_has_failed_several_steps_in_
 
 def test_state_round_trip_continues_exactly_and_refuses_other_versions_and_data():
     def make():
-        return OnlinePromptSource(seeds(32), 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5)
+        return paper_source(seeds(32), 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5)
 
     # the embedded task family: real prompts, labels recomputed by the task evolver
     task_seeds = embedded_data.make_seeds(32, seed=0)
 
-    def make_task():
-        return OnlinePromptSource(task_seeds, 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5)
+    def make_task(**curriculum):  # the shipped curriculum defaults: replay and the frontier window are state too
+        return OnlinePromptSource(task_seeds, 8, TaskEvolver(EVOLVE_FILE), capacity=24, total_prompts=96, seed=5,
+                                  **curriculum)
 
     def task_rewards(batch, step):
         rng = random.Random(step)
@@ -175,12 +181,78 @@ def test_state_round_trip_continues_exactly_and_refuses_other_versions_and_data(
         make_task().load_state_dict({**state, "buffer": {**state["buffer"], "version": 99}})
     with pytest.raises(ValueError, match="other prompts or settings.*seeds_fingerprint"):
         make().load_state_dict(state)
+    with pytest.raises(ValueError, match="other prompts or settings.*seed_replay: saved 0.25, now 0.5"):
+        make_task(seed_replay=0.5).load_state_dict(state)
+    assert state["seed_means"] and full[-1][0] != full[-2][0]
+
+
+def drive_until_bootstrap_ends(source, rewards_of):
+    history = []
+    step = 0
+    while batch := source.next_batch():
+        step += 1
+        metrics = source.observe(rewards_of(batch, step), step)
+        history.append((batch, metrics))
+    return history
+
+
+def test_seed_replay_keeps_a_share_of_every_bootstrap_batch_on_fresh_passes_over_the_seeds():
+    source = OnlinePromptSource(seeds(32), 8, VersionEvolver(), capacity=40, total_prompts=4 * 32, seed=2,
+                                seed_replay=0.25, frontier_quantile=0.0)
+    history = drive_until_bootstrap_ends(source, lambda batch, step: rewards_for(batch, seed=step))
+    assert len(history) == 16 and all(len(batch) == 8 for batch, _ in history)  # the budget, every batch full
+    bootstrap = [(batch, m) for batch, m in history if m["eva/phase"] == "bootstrap"]
+    assert len(bootstrap) > 4
+    for batch, metrics in bootstrap:
+        assert metrics["eva/batch_from_seeds"] == 2 and metrics["eva/batch_from_buffer"] == 6  # round(0.25 * 8)
+    seed_pass = [m["eva/seed_pass"] for _, m in history]
+    assert seed_pass == sorted(seed_pass) and seed_pass[-1] >= 2  # the seeds came round again
+    # every pass is a full permutation of the seeds, each pass shuffled anew
+    replayed = [p.prompt for batch, _ in history for p in batch if p.buffer_id is None]
+    assert sorted(replayed[:32]) == sorted(f"seed {i}" for i in range(32)) and replayed[32:64] != replayed[:32]
+    assert len(replayed[32:]) >= 8 and set(replayed[32:]) <= {f"seed {i}" for i in range(32)}
+
+    paper = paper_source(seeds(32), 8, VersionEvolver(), capacity=40, total_prompts=4 * 32, seed=2)
+    for batch, metrics in drive_until_bootstrap_ends(paper, lambda batch, step: rewards_for(batch, seed=step)):
+        if metrics["eva/phase"] == "bootstrap":
+            assert metrics["eva/batch_from_seeds"] == 0  # the paper's buffer-only bootstrap
+
+
+def test_frontier_evolves_only_prompts_at_least_as_solved_as_the_weaker_seeds():
+    source = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=100, seed=0, seed_replay=0.0,
+                                frontier_quantile=0.5, frontier_window=1)
+    batch = source.next_batch()
+    # Seed rows' mean rewards 0.05 .. 0.8; rows 0 and 1 tie (all 0, all 1): never parents.
+    rewards = torch.tensor([[0.0] * 4, [1.0] * 4, [0.0, 0.0, 0.0, 0.2], [0.0, 0.1, 0.2, 0.1], [0.2, 0.4, 0.6, 0.8],
+                            [0.5, 0.7, 0.9, 0.5], [0.6, 0.8, 1.0, 0.8], [0.1, 0.3, 0.5, 0.3]])
+    metrics = source.observe(rewards, step=1)
+    means = rewards.mean(dim=1)
+    threshold = float(torch.quantile(means, 0.5))  # numpy and torch both interpolate linearly
+    assert metrics["eva/frontier_threshold"] == pytest.approx(threshold)
+    assert metrics["eva/parents_tied"] == 2
+    eligible = [i for i in range(2, 8) if means[i] >= threshold]
+    assert metrics["eva/parents_below_frontier"] == 6 - len(eligible)
+    parents = {child["parent"] for child in source.last_children}
+    assert parents == {batch[i].prompt for i in eligible}  # top half is 4, only these clear the bar
+    assert metrics["eva/parents"] == len(eligible)
+
+    no_bar = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=100, seed=0, seed_replay=0.0,
+                                frontier_quantile=0.0)
+    no_bar.next_batch()
+    metrics = no_bar.observe(rewards, step=1)
+    assert metrics["eva/frontier_threshold"] is None and metrics["eva/parents"] == 4  # tied rows still excluded
+
+
+def test_curriculum_settings_are_checked():
+    for bad in (dict(seed_replay=1.0), dict(seed_replay=-0.1), dict(frontier_quantile=1.5), dict(frontier_window=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            OnlinePromptSource(seeds(8), 4, VersionEvolver(), **bad)
 
 
 def test_two_ranks_share_the_evolving_and_end_with_the_buffer_of_one_rank():
     """Two sources in threads exchange children through a barrier, as all_gather_object does."""
     steps = 8
-    single = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=24, seed=2)
+    single = paper_source(seeds(64), 8, VersionEvolver(), capacity=24, seed=2)
     single_history = run(single, steps)
 
     slots, barrier = [None, None], threading.Barrier(2)
@@ -194,7 +266,7 @@ def test_two_ranks_share_the_evolving_and_end_with_the_buffer_of_one_rank():
             return out
         return all_gather_object
 
-    sources = [OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=24, seed=2, rank=r, world_size=2,
+    sources = [paper_source(seeds(64), 8, VersionEvolver(), capacity=24, seed=2, rank=r, world_size=2,
                                   all_gather_object=gather_for(r)) for r in range(2)]
     histories = [None, None]
 
@@ -214,7 +286,7 @@ def test_two_ranks_share_the_evolving_and_end_with_the_buffer_of_one_rank():
 
 
 def test_greedy_buffer_draws_take_the_most_informative_entries_and_uniform_ignores_info():
-    greedy = OnlinePromptSource(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16, sample_mode="greedy")
+    greedy = paper_source(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16, sample_mode="greedy")
     checked = 0
     for step in range(1, 12):
         infos = sorted((e.info for e in greedy.buffer), reverse=True)  # before the draw
@@ -225,15 +297,15 @@ def test_greedy_buffer_draws_take_the_most_informative_entries_and_uniform_ignor
         greedy.observe(rewards_for(batch, seed=step), step)
     assert checked >= 3
 
-    uniform = [OnlinePromptSource(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16,
+    uniform = [paper_source(seeds(32), 8, VersionEvolver(), total_prompts=96, capacity=16,
                                   sample_mode="uniform", seed=3) for _ in range(2)]
     assert [h[1] for h in run(uniform[0], 12)] == [h[1] for h in run(uniform[1], 12)]  # seeded, repeatable
     with pytest.raises(Exception, match="unknown sampler 'top'"):
-        OnlinePromptSource(seeds(8), 4, VersionEvolver(), sample_mode="top")
+        paper_source(seeds(8), 4, VersionEvolver(), sample_mode="top")
 
 
 def test_last_children_record_every_child_with_its_parent_and_outcome():
-    source = OnlinePromptSource(seeds(16), 8, VersionEvolver(), total_prompts=32, n_new=2)
+    source = paper_source(seeds(16), 8, VersionEvolver(), total_prompts=32, n_new=2)
     batch = source.next_batch()
     batch[0].prompt = batch[1].prompt  # the two parents' children collide: one set is a duplicate
     metrics = source.observe(rewards_for(batch), 1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+from collections import Counter
 import os
 import pickle
 import random
@@ -49,7 +50,7 @@ EVA_FLAGS = {
     "--eva.n_new_bootstrap", "--eva.ratio_evol", "--eva.total_prompts", "--eva.evolver", "--eva.evolver_path",
     "--eva.evolve_max_new_tokens", "--eva.filters", "--eva.plugin", "--eva.evolver_options", "--eva.evolve_feedback",
     "--eva.evolve_parents", "--eva.filter_options", "--eva.eval_prompts", "--eva.evolver_model", "--eva.evolver_url",
-    "--eva.evolver_api_key_env",
+    "--eva.evolver_api_key_env", "--eva.seed_replay", "--eva.frontier_quantile", "--eva.frontier_window",
 }
 # Modules that import vllm at top, directly or through one that does; dropped after this file.
 VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli.train_ppo_ray",
@@ -57,9 +58,10 @@ VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli
 
 # 24 seeds, 8 prompts per rollout batch, a budget of 48 prompts = 6 steps; a buffer of 16 fills in
 # one or two warm-up batches (4 parents x 4 children, minus filtered ones), then mix-up batches take
-# 4 prompts from it, and once the seeds are used up bootstrap batches take all 8.
+# 4 prompts from it, and once the seeds are used up bootstrap batches take 6 (--eva.seed_replay 0.25
+# keeps 2 seed prompts in every batch).
 NUM_SEEDS, BATCH, N, BUDGET, CAPACITY = 24, 8, 4, 48, 16
-BUFFER_SHARE = {0: 0, 1: BATCH // 2, 2: BATCH}  # phase_index (warmup, mixup, bootstrap) -> from buffer
+BUFFER_SHARE = {0: 0, 1: BATCH // 2, 2: BATCH - 2}  # phase_index (warmup, mixup, bootstrap) -> from buffer
 
 
 def assert_follows_phase_plan(phases, from_buffer):
@@ -551,7 +553,9 @@ def test_fit_runs_upstream_loop_on_eva_prompts(fakes, eva_args, run_files, monke
     generated = [text for method, text in fakes.vllm.FakeAsyncLLMEngine.calls if method == "generate"]
     assert all(text.startswith(vocab.USER) and text.endswith(vocab.ASSISTANT) for text in generated)
     rolled_out = [text[len(vocab.USER) : -len(vocab.ASSISTANT)] for text in generated]
-    assert sorted(text for text in rolled_out if text in seeds) == sorted(text for text in seeds for _ in range(N))
+    seed_rollouts = Counter(text for text in rolled_out if text in seeds)
+    assert set(seed_rollouts) == set(seeds) and min(seed_rollouts.values()) >= N  # one pass, then replays
+    assert sum(seed_rollouts.values()) == (BUDGET - sum(from_buffer)) * N
     assert sum(text not in seeds for text in rolled_out) == sum(from_buffer) * N
     buffer_rows = [json.loads(line) for line in (run_files.root / "out" / "eva_buffer.jsonl").read_text().splitlines()]
     assert buffer_rows and all(row["depth"] >= 1 and row["label"] == solve(row["text"]) for row in buffer_rows)
@@ -563,7 +567,7 @@ def test_fit_shows_the_creator_each_parents_best_and_weakest_response(fakes, run
     args, _ = upstream_train_args(fakes, base_argv(
         run_files, "--eva.enable", "--eva.evolver", "evol_instruct", "--eva.evolve_feedback", "--data.max_len",
         "4096", "--vllm.num_engines", "1", "--eva.total_prompts", "16", "--ckpt.output_dir", str(tmp_path / "out"),
-        "--logger.tensorboard_dir", str(tmp_path / "tb")))
+        "--logger.tensorboard_dir", str(tmp_path / "tb"), "--eva.frontier_quantile", "0"))  # every top-half parent
 
     def policy_and_creator(text, sampling_params, request_number):
         if "<<<" in text:  # a meta-prompt: the frames quote the parent between <<< and >>>

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from . import cuda_guards, flash_attn_standin, seams
 
@@ -46,6 +47,22 @@ def default_single_process_env() -> None:
 
 
 RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def leave_no_process_group() -> None:
+    """Destroy this process's torch.distributed group, and DeepSpeed's cached clone of it.
+
+    Trainings that share a process (the bench's runs, the in-process tests) each set up a one-rank
+    group. DeepSpeed keeps `deepspeed.utils.groups._WORLD_GROUP` past a destroy; left stale, it
+    points the next engine's broadcasts at a group torch no longer knows.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    deepspeed_groups = sys.modules.get("deepspeed.utils.groups")  # never import DeepSpeed just for this
+    if deepspeed_groups is not None:
+        deepspeed_groups._WORLD_GROUP = None
 
 
 def child_process_env() -> dict[str, str]:

@@ -380,11 +380,11 @@ class OnlineSchedule:
         n_buffer = min(batch_size - n_seeds, len(self.buffer))
         return n_buffer, n_seeds
 
-    def select_parents(self, infos: Any) -> list[int]:
-        """Indices of the ``top_frac`` most informative prompts of a batch (rounding halves up; ties
-        go to the lower index)."""
+    def select_parents(self, infos: Any, k: int | None = None) -> list[int]:
+        """Indices of the ``top_frac`` (or ``k``) most informative prompts of a batch, most informative
+        first (rounding halves up; ties go to the lower index)."""
         num_prompts = len(infos)
-        k = min(num_prompts, math.floor(self.top_frac * num_prompts + 0.5))
+        k = min(num_prompts, math.floor(self.top_frac * num_prompts + 0.5) if k is None else k)
         return sample_informative(infos, k, mode="greedy").tolist()
 
     def children_per_parent(self, phase: str) -> int:

@@ -41,6 +41,23 @@ def json_object_text(text: str) -> str:
 json_object_text.__name__ = "JSON object"  # argparse names the type in its error message
 
 
+def add_curriculum_flags(add: Callable[..., Any]) -> None:
+    """The online buffer's curriculum control (``OnlinePromptSource``), for train_rloo and train_ppo_ray;
+    pass them on with ``curriculum_options(args.eva)``."""
+    add("--eva.seed_replay", type=float, default=0.25,
+        help="after the first pass over the seeds, this share of every batch still comes from the seeds "
+             "(0: the paper's buffer-only bootstrap)")
+    add("--eva.frontier_quantile", type=float, default=0.25,
+        help="evolve a prompt only if its mean reward is at least this quantile of the recent seed prompts' "
+             "mean rewards (and its rewards do not all tie); 0: no bar")
+    add("--eva.frontier_window", type=int, default=8, help="batches of seed rewards the frontier bar looks back on")
+
+
+def curriculum_options(eva) -> dict:
+    return {"seed_replay": eva.seed_replay, "frontier_quantile": eva.frontier_quantile,
+            "frontier_window": eva.frontier_window}
+
+
 def add_creator_flags(add: Callable[..., Any]) -> None:
     add("--eva.evolver_model", default=None,
         help="the creator LLM: a checkpoint or .gguf file, or the served model's name with --eva.evolver_url "

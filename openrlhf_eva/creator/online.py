@@ -13,6 +13,23 @@ oldest beyond capacity). ``OnlineSchedule`` decides the phase:
 
 Without an evolver the source is plain OpenRLHF behaviour: shuffled seeds, episode after episode.
 
+Curriculum control (not in the paper; its "known limits" name both risks). Measured at 16x budget
+on a task family we never tuned on: once the seeds are used up the buffer drifts away from them
+and the solver forgets them (in-distribution reward fell from 0.61 to 0.35). Two guards, on by default:
+
+    seed_replay        after the first pass over the seeds (bootstrap), this share of every batch
+                       still comes from the seeds, in a fresh shuffled pass each time (0: the paper's
+                       buffer-only bootstrap)
+    frontier_quantile  a prompt is evolved only if its rewards do not all tie (info 0: too easy or too
+                       hard, nothing to learn from) and its mean reward is at least this quantile of
+                       the mean rewards of the seed prompts in the last ``frontier_window`` batches.
+                       Children of prompts the solver handles worse than its weaker seeds would lead
+                       the buffer past what it can learn; as the solver improves the bar lets deeper
+                       prompts through. Scale-free: any reward, any range (0: no bar)
+
+Both are logged every step (eva/seed_pass, eva/batch_from_seeds, eva/frontier_threshold,
+eva/parents_tied, eva/parents_below_frontier).
+
 Prompt budget. ``total_prompts`` counts prompts served (seeds and buffer draws alike; the paper's
 "1x" is one seed set's worth). It fixes ``num_batches = total_prompts // batch_size`` before
 training starts, so a trainer can size its LR schedule exactly although the prompt set grows.
@@ -37,7 +54,7 @@ import json
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -51,7 +68,7 @@ from .filters import apply_filters, normalize_text
 from .registry import SAMPLERS
 from .sample import sample_informative
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: seed replay and the frontier window
 MAX_EVOLVE_FAILURES = 3
 
 
@@ -103,6 +120,9 @@ class OnlinePromptSource:
         metric: str = "A_avg",
         sample_mode: str = "weighted",
         filters: Sequence[str] = ("empty", "unchanged", "duplicate"),
+        seed_replay: float = 0.25,
+        frontier_quantile: float = 0.25,
+        frontier_window: int = 8,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -118,6 +138,15 @@ class OnlinePromptSource:
         ]
         self.batch_size = batch_size
         self.evolver = evolver
+        if not 0 <= seed_replay < 1:
+            raise ValueError(f"seed_replay must be in [0, 1), got {seed_replay}")
+        if not 0 <= frontier_quantile <= 1:
+            raise ValueError(f"frontier_quantile must be in [0, 1], got {frontier_quantile}")
+        if frontier_window < 1:
+            raise ValueError(f"frontier_window must be >= 1, got {frontier_window}")
+        self.seed_replay, self.frontier_quantile = seed_replay, frontier_quantile
+        # Mean reward of each seed prompt of the last frontier_window batches: the frontier's yardstick.
+        self._seed_means: deque[float] = deque(maxlen=frontier_window * batch_size)
         self.metric = metric
         SAMPLERS.get(sample_mode)  # an unknown name fails now, listing the registered samplers
         self.sample_mode = sample_mode
@@ -163,31 +192,53 @@ class OnlinePromptSource:
 
     @property
     def phase(self) -> str:
-        return self.schedule.phase(self.seeds_left) if self.evolver else "off"
+        if not self.evolver:
+            return "off"
+        # Replayed seed passes (episode >= 1) do not bring mix-up back: the first pass is over.
+        return self.schedule.phase(self.seeds_left if self.episode == 0 else 0)
 
     def _take_seeds(self, k: int) -> list[BatchPrompt]:
-        rows = [self.seeds[i] for i in self._order[self.cursor : self.cursor + k]]
-        self.cursor += k
+        """The next k seeds of this pass; with eva's seed replay a spent pass continues in a new one."""
+        rows = []
+        while len(rows) < k:
+            if self.seeds_left == 0:
+                self.episode += 1
+                self.cursor = 0
+                self._order = self._episode_order(self.episode)
+            take = min(k - len(rows), self.seeds_left)
+            rows += [self.seeds[i] for i in self._order[self.cursor : self.cursor + take]]
+            self.cursor += take
         return [BatchPrompt(row["prompt"], row["label"], dict(row["metadata"])) for row in rows]
 
-    def next_batch(self) -> list[BatchPrompt]:
-        """The next ``batch_size`` prompts, or [] when the budget is spent or prompts ran out."""
+    def next_batch(self, size: int | None = None) -> list[BatchPrompt]:
+        """The next ``size`` (default ``batch_size``) prompts, or [] when the budget is spent or
+        prompts ran out. A smaller ``size`` is a refill (upstream's dynamic filtering replaces the
+        prompts it drops); the budget counts prompts, so refills use it up like any batch."""
+        size = self.batch_size if size is None else size
         if self._pending is not None:
             raise RuntimeError("observe() the rewards of the previous batch before drawing the next one")
-        if self.batches_served >= self.num_batches:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if self.prompts_served + size > self.total_prompts:
             self.exhausted = f"prompt budget of {self.total_prompts} prompts ({self.num_batches} batches) spent"
             return []
         self._pending_phase = self.phase
         if not self.evolver:
-            if self.seeds_left < self.batch_size:  # like upstream's drop_last: next episode
+            if self.seeds_left < size:  # like upstream's drop_last: next episode
                 self.episode += 1
                 self.cursor = 0
                 self._order = self._episode_order(self.episode)
-            batch = self._take_seeds(self.batch_size)
+            batch = self._take_seeds(size)
+        elif self._pending_phase == "bootstrap" and self.seed_replay > 0:
+            # Seeds are never used up here: the replay share always fills, the buffer the rest.
+            n_buffer = min(len(self.buffer), size - math.floor(self.seed_replay * size + 0.5))
+            batch = [BatchPrompt(e.text, e.label, dict(e.metadata), e.id, e.depth)
+                     for e in self._draw_from_buffer(n_buffer)]
+            batch += self._take_seeds(size - n_buffer)
         else:
-            n_buffer, n_seeds = self.schedule.plan_batch(self.batch_size, self.seeds_left)
-            if n_buffer + n_seeds < self.batch_size:
-                self.exhausted = (f"only {n_buffer + n_seeds} prompts left for a batch of {self.batch_size} "
+            n_buffer, n_seeds = self.schedule.plan_batch(size, self.seeds_left if self.episode == 0 else 0)
+            if n_buffer + n_seeds < size:
+                self.exhausted = (f"only {n_buffer + n_seeds} prompts left for a batch of {size} "
                                   f"(seeds left {self.seeds_left}, buffer {len(self.buffer)})")
                 return []
             drawn = self._draw_from_buffer(n_buffer)
@@ -233,6 +284,7 @@ class OnlinePromptSource:
             "eva/batch_info_mean": float(info.mean()),
             "eva/batch_info_max": float(info.max()),
             "eva/batch_from_buffer": sum(p.buffer_id is not None for p in batch),
+            "eva/batch_from_seeds": sum(p.buffer_id is None for p in batch),
             "eva/groups_nonfinite": int((~finite).any(dim=1).sum()),
             "eva/groups_all_tied": int((finite.any(dim=1) & (finite_max == finite_min)).sum()),
         }
@@ -241,6 +293,7 @@ class OnlinePromptSource:
         metrics.update({
             "eva/phase_index": PHASES.index(phase) if phase in PHASES else -1,
             "eva/seeds_left": self.seeds_left,
+            "eva/seed_pass": self.episode + 1,
             "eva/buffer_size": len(self.buffer),
             "eva/buffer_info_mean": self.buffer.total_info / max(1, len(self.buffer)),
             "eva/buffer_depth_mean": sum(e.depth for e in self.buffer) / max(1, len(self.buffer)),
@@ -252,7 +305,7 @@ class OnlinePromptSource:
     def _evolve(self, batch, info, rewards, responses, phase, step) -> dict:
         buffer_rows = [i for i, p in enumerate(batch) if p.buffer_id is not None]
         self.buffer.update_info([batch[i].buffer_id for i in buffer_rows], [float(info[i]) for i in buffer_rows])
-        selected = self.schedule.select_parents(info)
+        selected, frontier = self._select_parents(batch, info, rewards)
         parents = [
             Parent(id=batch[i].buffer_id, prompt=batch[i].prompt, label=batch[i].label,
                    metadata=dict(batch[i].metadata), info=float(info[i]), depth=batch[i].depth,
@@ -316,6 +369,7 @@ class OnlinePromptSource:
             step_counts.update({f"evolver_{k}": v for k, v in part["stats"].items()})
         self.totals.update(step_counts)
         metrics = {f"eva/{k}": v for k, v in step_counts.items()}
+        metrics.update(frontier)
         metrics.update({f"eva/rejected_{name}": count for name, count in filter_counts.items()})
         metrics.update({
             "eva/parents": len(parents),
@@ -329,6 +383,25 @@ class OnlinePromptSource:
         if errors:
             metrics["eva/evolve_error"] = errors[0]
         return metrics
+
+    def _select_parents(self, batch, info: torch.Tensor, rewards: torch.Tensor) -> tuple[list[int], dict]:
+        """The schedule's top_frac most informative prompts of the batch, among those past the
+        frontier checks (see the module docstring); returns them and the step's frontier metrics."""
+        finite = torch.isfinite(rewards)
+        counts = finite.sum(dim=1)
+        means = torch.where(finite, rewards, torch.zeros_like(rewards)).sum(dim=1) / counts.clamp(min=1)
+        self._seed_means.extend(float(means[i]) for i, p in enumerate(batch)
+                                if p.buffer_id is None and counts[i] > 0)
+        threshold = None
+        if self.frontier_quantile > 0 and self._seed_means:
+            threshold = float(np.quantile(np.asarray(self._seed_means, dtype=np.float64), self.frontier_quantile))
+        tied = [bool(info[i] <= 0 or counts[i] == 0) for i in range(len(batch))]
+        below = [threshold is not None and not tied[i] and float(means[i]) < threshold for i in range(len(batch))]
+        ranked = self.schedule.select_parents(info, k=len(batch))  # every row, most informative first
+        k = len(self.schedule.select_parents(info))
+        selected = [i for i in ranked if not (tied[i] or below[i])][:k]
+        return selected, {"eva/frontier_threshold": threshold, "eva/parents_tied": sum(tied),
+                          "eva/parents_below_frontier": sum(below)}
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -347,6 +420,9 @@ class OnlinePromptSource:
             "prompts_served": self.prompts_served,
             "totals": dict(self.totals),
             "failed_steps_in_a_row": self.failed_steps_in_a_row,
+            "seed_replay": self.seed_replay,
+            "frontier_quantile": self.frontier_quantile,
+            "seed_means": list(self._seed_means),
             "buffer": self.buffer.state_dict(),
         }
 
@@ -356,7 +432,8 @@ class OnlinePromptSource:
         if version != STATE_VERSION:
             raise ValueError(f"prompt source state has version {version!r}; this code reads version {STATE_VERSION}")
         expected = {"seeds_fingerprint": self._seeds_fingerprint, "num_seeds": len(self.seeds),
-                    "batch_size": self.batch_size, "total_prompts": self.total_prompts, "eva": bool(self.evolver)}
+                    "batch_size": self.batch_size, "total_prompts": self.total_prompts, "eva": bool(self.evolver),
+                    "seed_replay": self.seed_replay, "frontier_quantile": self.frontier_quantile}
         different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if different:
             raise ValueError("prompt source state was saved with other prompts or settings "
@@ -366,10 +443,13 @@ class OnlinePromptSource:
         self.batches_served, self.prompts_served = state["batches_served"], state["prompts_served"]
         self.totals = Counter(state["totals"])
         self.failed_steps_in_a_row = state["failed_steps_in_a_row"]
+        self._seed_means.clear()
+        self._seed_means.extend(state["seed_means"])
         self._order = self._episode_order(self.episode)
         self._pending = None
 
     def fingerprint(self) -> str:
         """A short hash of the buffer (entries, slots, rng) and the data position."""
-        state = {"buffer": self.buffer.state_dict(), "cursor": self.cursor, "episode": self.episode}
+        state = {"buffer": self.buffer.state_dict(), "cursor": self.cursor, "episode": self.episode,
+                 "seed_means": list(self._seed_means)}
         return hashlib.sha256(json.dumps(state, sort_keys=True, default=repr).encode()).hexdigest()[:16]

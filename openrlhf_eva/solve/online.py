@@ -65,6 +65,11 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int, *, max_new_tokens
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
                     max_length=prompt_max_len).to(device)
     was_training = model.training
+    # OpenRLHF's Actor asks MoE models for router logits (their balancing loss); with a KV cache that
+    # loss meets one new token against the whole attention mask and fails, so generation goes without.
+    router_logits = getattr(model.config, "output_router_logits", None)
+    if router_logits is not None:
+        model.config.output_router_logits = False
     model.eval()
     try:
         # use_cache: OpenRLHF's Actor turns the config's cache off for training; generation wants it.
@@ -73,6 +78,8 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int, *, max_new_tokens
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     finally:
         model.train(was_training)
+        if router_logits is not None:
+            model.config.output_router_logits = router_logits
     # Experiences live on the CPU, as upstream's do; micro-batches move to the device for training.
     enc, out = enc.to("cpu"), out.cpu()
     response = out[:, enc["input_ids"].shape[1]:]
@@ -214,21 +221,30 @@ def _device():
 
 
 def policy_update(actor, optimizer, scheduler, strategy, experience: Experience, args, kl_coef: float,
-                  generator: torch.Generator) -> dict:
-    """``--train.max_epochs`` passes of OpenRLHF's PolicyLoss over this rank's samples."""
+                  generator: torch.Generator, ema_model=None) -> dict:
+    """``--train.max_epochs`` passes of OpenRLHF's PolicyLoss over this rank's samples.
+
+    As upstream's ``ActorPPOTrainer.training_step``: ``--actor.entropy_coef`` subtracts the
+    token-aggregated entropy (0 only logs it), ``--actor.aux_loss_coef`` adds a MoE model's
+    load-balancing loss, and ``ema_model`` (``--train.enable_ema``) follows every optimizer step.
+    """
     loss_fn = PolicyLoss(clip_eps_low=args.actor.eps_clip_low_high[0], clip_eps_high=args.actor.eps_clip_low_high[1],
                          dual_clip=args.actor.dual_clip, token_level_loss=args.actor.loss_agg_mode == "token-mean",
                          policy_loss_type=args.actor.policy_loss_type)
+    entropy_coef, aux_loss_coef = args.actor.entropy_coef, args.actor.aux_loss_coef
     actor.train()
     sums = {"policy_loss": 0.0, "ppo_clip_ratio": 0.0, "ppo_kl": 0.0, "kl_loss": 0.0}
+    sums.update({"entropy_loss": 0.0} if entropy_coef is not None else {})
+    sums.update({"aux_loss": 0.0} if aux_loss_coef else {})
     count, grad_norms = 0, []
     for _ in range(args.train.max_epochs):
         batches = _micro_batches(len(experience.sequences), args.train.micro_batch_size, generator)
         for rows, norm in iter_grad_accum_global_norm(batches, strategy, strategy.accumulated_gradient,
                                                       lambda rows: experience.action_mask[rows]):
             mask = experience.action_mask[rows].to(_device())
-            log_probs = actor(experience.sequences[rows].to(_device()), mask,
-                              attention_mask=experience.attention_mask[rows].to(_device()))
+            log_probs, output = actor(experience.sequences[rows].to(_device()), mask,
+                                      attention_mask=experience.attention_mask[rows].to(_device()),
+                                      return_output=True, return_entropy=entropy_coef is not None)
             old = experience.action_log_probs[rows].to(log_probs)
             loss, clip_ratio, ppo_kl, _, _ = loss_fn(log_probs, old, experience.advantages[rows].to(log_probs),
                                                      action_mask=mask, **norm)
@@ -242,8 +258,17 @@ def policy_update(actor, optimizer, scheduler, strategy, experience: Experience,
                 kl_loss = aggregate_loss(kl, mask, **norm)
                 sums["kl_loss"] += kl_loss.item()
                 loss = loss + kl_coef * kl_loss
+            if entropy_coef is not None:
+                entropy_loss = aggregate_loss(output.entropy[:, -mask.shape[1]:], mask, **norm)
+                sums["entropy_loss"] += entropy_loss.item()
+                loss = loss - entropy_coef * entropy_loss
+            if aux_loss_coef:
+                sums["aux_loss"] += output.aux_loss.item()
+                loss = loss + aux_loss_coef * output.aux_loss
             strategy.backward(loss, actor, optimizer)
             strategy.optimizer_step(optimizer, actor, scheduler, name="actor")
+            if ema_model is not None:
+                strategy.moving_average(actor, ema_model, args.train.ema_beta, _device())
             count += 1
             if count % strategy.accumulated_gradient == 0:
                 grad_norms.append(strategy.get_grad_norm(actor))
@@ -268,7 +293,8 @@ def best_and_worst(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def online_dpo_update(actor, reference, optimizer, scheduler, strategy, experience: Experience,
-                      rewards: torch.Tensor, args, loss_fn: PreferenceLoss, generator: torch.Generator) -> dict:
+                      rewards: torch.Tensor, args, loss_fn: PreferenceLoss, generator: torch.Generator,
+                      ema_model=None) -> dict:
     """OAIF: one DPO pair per prompt (best vs worst of its n samples), against the reference.
 
     ``--train.micro_batch_size`` and ``--train.batch_size`` count pairs here. A prompt without a
@@ -303,6 +329,8 @@ def online_dpo_update(actor, reference, optimizer, scheduler, strategy, experien
             sums["dpo_loss"] += loss.item()
             strategy.backward(loss, actor, optimizer)
             strategy.optimizer_step(optimizer, actor, scheduler, name="actor")
+            if ema_model is not None:  # --train.enable_ema
+                strategy.moving_average(actor, ema_model, args.train.ema_beta, _device())
             count += 1
             if count % strategy.accumulated_gradient == 0:
                 grad_norms.append(strategy.get_grad_norm(actor))
@@ -366,3 +394,52 @@ def rewrite_chosen_responses(experience: Experience, rewards: torch.Tensor, prom
         experience.truncated[row] = False
         experience.total_length[row] = experience.attention_mask[row].sum()
     return +counts
+
+
+def eval_metrics(rows: list[tuple[str, list, list, list]], n: int) -> dict:
+    """Upstream's eval logs (ppo_trainer.py ``compute_eval_metrics``) from (datasource, rewards,
+    response lengths, truncated) of each eval prompt's n samples: per datasource pass1 (the mean
+    reward), pass{n} (the mean of each prompt's best reward), length and truncation; then overall."""
+    by_source: dict[str, list] = {}
+    for source, *samples in rows:
+        by_source.setdefault(source, []).append(samples)
+    logs = {}
+    for source, group in by_source.items():
+        rewards, lengths, truncated = (torch.tensor([row[i] for row in group], dtype=torch.float32) for i in range(3))
+        if n > 1:
+            logs[f"eval_{source}_pass{n}"] = float(rewards.max(dim=1).values.mean())
+        logs[f"eval_{source}_pass1"] = float(rewards.mean())
+        logs[f"eval_{source}_response_length_mean"] = float(lengths.mean())
+        logs[f"eval_{source}_truncated_rate"] = float(truncated.mean())
+    lengths = [x for _, _, row_lengths, _ in rows for x in row_lengths]
+    truncated = [x for _, _, _, row_truncated in rows for x in row_truncated]
+    logs["eval_response_length_mean"] = sum(lengths) / len(lengths)
+    logs["eval_truncated_rate"] = sum(truncated) / len(truncated)
+    logs["eval_num_samples"] = float(len(lengths))
+    return logs
+
+
+def merge_groups(parts: Sequence[tuple[Experience, Sequence[int]]], n: int, pad_token_id: int) -> Experience:
+    """The samples of the chosen prompt groups of several rollouts, as one Experience laid out as
+    ``generate`` lays it out (left-padded prompts, right-padded responses, the response in the last
+    columns): dynamic filtering trains on groups kept from several rollout batches of different widths.
+    Upstream's ``Experience.concat_experiences`` pads every row on the right, which would move the
+    prompt/response boundary, so rows are re-padded on each side of it here."""
+    rows = [(exp, [g * n + k for g in groups for k in range(n)]) for exp, groups in parts if len(groups)]
+    prompt_width = max(exp.sequences.shape[1] - exp.action_mask.shape[1] for exp, _ in rows)
+    response_width = max(exp.action_mask.shape[1] for exp, _ in rows)
+    pieces: dict[str, list] = {"sequences": [], "attention_mask": [], "action_mask": []}
+    for exp, index in rows:
+        split = exp.sequences.shape[1] - exp.action_mask.shape[1]
+        left, right = prompt_width - split, response_width - exp.action_mask.shape[1]
+        for name, pad in (("sequences", pad_token_id), ("attention_mask", 0)):
+            value = getattr(exp, name)[index]
+            pieces[name].append(torch.cat([torch.nn.functional.pad(value[:, :split], (left, 0), value=pad),
+                                           torch.nn.functional.pad(value[:, split:], (0, right), value=pad)], dim=1))
+        pieces["action_mask"].append(torch.nn.functional.pad(exp.action_mask[index], (0, right), value=False))
+    merged = {name: torch.cat(values) for name, values in pieces.items()}
+    for name in ("rewards", "scores", "response_length", "truncated", "total_length"):
+        values = [getattr(exp, name) for exp, _ in rows]
+        if all(v is not None for v in values):
+            merged[name] = torch.cat([v[index] for v, (_, index) in zip(values, rows)])
+    return Experience(**merged, prompts=[exp.prompts[i] for exp, index in rows for i in index])
