@@ -1,34 +1,42 @@
-"""eva-bench: the paper's ablations at CPU scale, through the real trainers, with paired-bootstrap CIs.
+"""eva-bench: does eva make a better model than the alternatives a user would pick? Through the real trainers.
 
-    python -m openrlhf_eva.bench [--scale smoke|full] [--out runs/bench] [--workers 2] [--solvers rloo dpo]
-    make bench        # the full grid, then examples/bench/{results.json,RESULTS.md,*.png}
+    python -m openrlhf_eva.bench [--scale full|smoke] [--out runs/bench] [--families digits letters]
+                                 [--task-dir DIR ...] [--model HF_DIR] [--solvers rloo dpo] [--arms ...]
+                                 [--seeds 0 1 2 3 4] [--eval-set test|dev] [--workers 2] [--set key=value]
+    make bench        # both embedded families, every arm, 5 seeds -> examples/bench/
 
-Every arm starts from the same SFT warm start (the embedded tiny Llama, cached) and gets the same
-number of rollouts and gradient steps; the seed prompts and training seed change with the bench
-seed, the held-out test set never does (in_dist, harder, new_kind; see openrlhf_eva.embedded.data).
+Tasks. ``--task-dir DIR`` benchmarks a user's verifiable task (the folder format is in
+``openrlhf_eva.bench_tasks``); by default the two embedded families, ``digits`` (the one the settings
+were tuned on, on its dev set) and ``letters`` (frozen before any tuning), written as task folders.
+With no ``--model`` every task gets the ~1M-parameter Llama with a character vocabulary taken from
+its data, warm-started by SFT on its sft.jsonl through OpenRLHF's train_sft (cached).
 
-Arms (EVA.md's ablations):
-    static          the seed prompts, several passes (plain OpenRLHF RLOO / one DPO round)
-    no_evolve       eva's informative subset (A_min, weighted) trained on again, no new prompts
-    <metric>        evolve, parents drawn by uniform | var | avg | inv_avg | inv_A_min | A_avg | A_dis
-                    | A_min, weighted (the paper's sampling)
-    A_min_greedy    evolve, the most informative parents (greedy) instead of weighted draws
+Arms. Every arm of a task starts from the same model and gets the same rollouts; the seed prompts
+and the training seed change with the bench seed, the held-out rows never do.
+    static             the seed prompts, epoch after epoch (plain OpenRLHF)
+    dynamic_filtering  static plus upstream's --algo.dynamic_filtering_enable (RLOO only): groups
+                       whose mean reward is not strictly inside (0, 1) are dropped and replaced by the
+                       next prompts; same rollout budget, so fewer gradient steps
+    eva                the shipped defaults of train_rloo / iterate with the task evolver (RLOO:
+                       A_avg, weighted, seed replay and the frontier bar; DPO: A_min)
+    uniform            eva with parents drawn uniformly (evolving without informativeness)
+    no_evolve          eva's informative prompts trained on again, nothing new written (replay)
+    <metric>           eva with another informativeness metric (A_min, A_avg, A_dis, var, avg, ...)
+RLOO: `openrlhf_eva.train_rloo`'s OnlineTrainer in this process, budget `rloo_budget` x the seeds,
+evaluated every `rloo_eval_every` steps. DPO: `openrlhf_eva.iterate` (in this process) for
+`dpo_rounds` rounds, each on the previous round's model and prompt set; the creator's estimation
+rollouts count, so static samples its pairs from twice the prompts, and every arm trains on the
+same number of pairs per round.
 
-RLOO (online): `openrlhf_eva.train_rloo`'s OnlineTrainer, in this process, with a budget of
-`rloo_budget` x the seeds; the creator estimates from the batch's own rewards (no extra rollouts).
-The trainer is subclassed only to evaluate the held-out set every `eval_every` steps and to log the
-buffer's composition. DPO (offline): `openrlhf_eva.iterate`'s stages (evolve -> pairs -> train_dpo)
-in this process; the creator's estimation rollouts count, so the static arm samples its pairs from
-twice the prompts and every arm trains on the same number of pairs.
-
-Outputs under --out: one folder per `<solver>/<arm>/seed_<k>` (the run's own logs, `result.json`),
-`results.json` (schema below), `RESULTS.md` and PNG plots. `--publish DIR` copies the aggregate
-files there (`make bench` publishes to examples/bench/). Runs are cached: a rerun redoes only the
-runs without a result.json, so an interrupted bench resumes.
-
-results.json: {"config": {...}, "theta_0": {split: reward}, "arms": {"<solver>/<arm>": {"seeds": [...],
-"test": {split: {"mean", "ci95"}}, "delta_vs_static": {split: {"mean", "ci95"}}, "delta_vs_uniform":
-{...}, "per_seed": {split: [...]}, "curve": [...]}}} with splits in_dist, harder, new_kind, all.
+Results: greedy held-out reward (and exact share) per split, and sampled mean@`eval_samples` at
+temperature 1. Intervals are 95% paired bootstraps over seeds, given only for 3 or more seeds.
+`results.json`: {"config", "families": {task: {"theta_0": {split: {...}}, "splits": [...],
+"arms": {"<solver>/<arm>": {"seeds", "test": {split: {"mean", "ci95", "exact", "sampled"}},
+"per_seed": {split: [...]}, "delta_vs_static" | "delta_vs_uniform" | "delta_vs_theta0":
+{split: {"mean", "ci95", "n"}}, "curve", "steps", "rollouts"}}}}}. Each run keeps its final HF model
+under `<out>/<task>/<solver>/<arm>/seed_<k>/model` and is cached by its result.json with the key of
+its settings and start model: an interrupted bench resumes, a finished one trains nothing, and a run
+whose settings changed is redone.
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import time
 import traceback
@@ -49,17 +59,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import openrlhf_eva.embedded as embedded
+from openrlhf_eva import compat
+from openrlhf_eva.bench_tasks import EMBEDDED_FAMILIES, Task, load_task_dir, write_embedded_task
 from openrlhf_eva.creator import write_jsonl
-from openrlhf_eva.embedded.data import SPLITS, TEST_SEED, make_seeds, make_test_set
 
-EMBEDDED_DIR = Path(embedded.__file__).parent
-REWARD_FILE = EMBEDDED_DIR / "reward_func.py"
-EVOLVE_FILE = EMBEDDED_DIR / "evolve_func.py"
-EVOLVE_METRICS = ("uniform", "var", "avg", "inv_avg", "inv_A_min", "A_avg", "A_dis", "A_min")
-ARMS = ("static", "no_evolve", *EVOLVE_METRICS, "A_min_greedy")
 SOLVERS = ("rloo", "dpo")
+METRIC_ARMS = ("A_min", "A_avg", "A_dis", "var", "avg", "inv_avg", "inv_A_min")
+ARMS = ("static", "dynamic_filtering", "eva", "uniform", "no_evolve", *METRIC_ARMS)
+DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --task-dir run
+ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
+MIN_SEEDS_FOR_CI = 3
 
 
 @dataclass
@@ -68,8 +78,12 @@ class BenchConfig:
 
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     arms: tuple[str, ...] = ARMS
+    dpo_arms: tuple[str, ...] = ("static", "eva", "uniform", "no_evolve")
     solvers: tuple[str, ...] = SOLVERS
     num_seed_prompts: int = 256
+    # the warm start (no --model): SFT epochs over the task's first sft_rows rows (None: all)
+    sft_epochs: int = 2
+    sft_rows: int | None = None
     # online RLOO
     rloo_budget: float = 4.0  # prompts served = budget x seeds, for every arm
     rloo_batch: int = 32
@@ -78,35 +92,48 @@ class BenchConfig:
     rloo_warmup: float = 0.25  # Adam's first steps at full lr shake a small SFT policy badly (measured)
     rloo_buffer: int = 256
     rloo_eval_every: int = 8
-    # offline DPO (one iteration of iterate)
+    # offline DPO (iterate)
+    dpo_rounds: int = 2
     dpo_n: int = 6
     dpo_lr: float = 1e-4
     dpo_epochs: int = 2
     dpo_nll: float = 1.0
-    dpo_pairs: int = 96  # pairs every arm trains on (the first this many of its pairs)
+    dpo_pairs: int = 96  # pairs every arm trains on per round (the first this many of its pairs)
     dpo_batch: int = 16
     max_new_tokens: int = 16
-    eval_rows: int | None = None  # None: the whole held-out set
-    eval_set_seed: int = TEST_SEED  # tuning runs use another seed: a dev set, never the test set
+    eval_samples: int = 4  # sampled mean@k at temperature 1, besides greedy
+    eval_rows: int | None = None  # None: every held-out row
+    eval_set: str = "test"  # "dev" for tuning: never tune on the test set
     extra: dict = field(default_factory=dict)
 
 
 SCALES = {
     "full": BenchConfig(),
-    "smoke": BenchConfig(seeds=(0,), arms=("static", "no_evolve", "A_min"), num_seed_prompts=16, rloo_budget=2.0,
-                         rloo_batch=8, rloo_n=4, rloo_buffer=16, rloo_eval_every=2, dpo_n=4, dpo_epochs=1, dpo_pairs=4, dpo_batch=4,
-                         eval_rows=48),
+    "smoke": BenchConfig(seeds=(0,), arms=("static", "eva", "dynamic_filtering"), dpo_arms=("static", "eva"),
+                         num_seed_prompts=16, rloo_budget=2.0, rloo_batch=8, rloo_n=4, rloo_buffer=16,
+                         rloo_eval_every=2, dpo_rounds=2, dpo_n=4, dpo_epochs=1, dpo_pairs=4, dpo_batch=4,
+                         eval_samples=2, eval_rows=48),
 }
 
 
 # --- one run ----------------------------------------------------------------------------------------
 
 
-def rloo_flags(config: BenchConfig, arm: str, model_dir: Path, seeds_file: Path, out: Path, seed: int) -> list[str]:
-    """train_rloo's argv for one arm: shared settings plus the arm's eva flags."""
+def arm_metric(arm: str, solver: str) -> str | None:
+    """The informativeness metric an evolving arm uses (None: the arm does not evolve by metric)."""
+    if arm == "eva":
+        return ONLINE_METRIC if solver == "rloo" else OFFLINE_METRIC
+    if arm == "uniform" or arm in METRIC_ARMS:
+        return arm
+    return None
+
+
+def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds_file: Path, out: Path,
+               seed: int) -> list[str]:
+    """train_rloo's argv for one arm: shared settings plus the arm's flags (eva's are its shipped defaults)."""
     flags = ["--actor.model_name_or_path", str(model_dir), "--data.prompt_dataset", str(seeds_file),
              "--data.input_key", "prompt", "--data.label_key", "label", "--data.apply_chat_template",
-             "--data.max_len", "64", "--reward.remote_url", str(REWARD_FILE),
+             "--data.max_len", "64", "--reward.remote_url", str(task.reward_file),
              "--rollout.batch_size", str(config.rloo_batch), "--rollout.n_samples_per_prompt", str(config.rloo_n),
              "--rollout.max_new_tokens", str(config.max_new_tokens), "--rollout.micro_batch_size", "64",
              "--train.batch_size", str(config.rloo_batch * config.rloo_n),
@@ -115,20 +142,21 @@ def rloo_flags(config: BenchConfig, arm: str, model_dir: Path, seeds_file: Path,
              "--algo.kl.init_coef", "0", "--ds.zero_stage", "0",
              "--train.seed", str(seed), "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
              "--logger.logging_steps", "1000000"]
-    budget = f"{config.rloo_budget}x"
-    if arm == "static":
-        return flags + ["--train.num_episodes", str(int(config.rloo_budget))]
-    eva = ["--eva.total_prompts", budget, "--eva.buffer_size", str(config.rloo_buffer)]
+    if arm in ("static", "dynamic_filtering"):
+        flags += ["--train.num_episodes", str(int(config.rloo_budget))]
+        return flags + (["--algo.dynamic_filtering_enable"] if arm == "dynamic_filtering" else [])
+    # The buffer is sized to this scale (the paper's 3200 is for 10K+ seeds); everything else is default.
+    flags += ["--eva.total_prompts", f"{config.rloo_budget}x", "--eva.buffer_size", str(config.rloo_buffer)]
     if arm == "no_evolve":
-        return flags + eva + ["--eva.evolver", "replay", "--eva.metric", "A_min", "--eva.filters", "empty"]
-    metric, mode = ("A_min", "greedy") if arm == "A_min_greedy" else (arm, "weighted")
-    return flags + eva + ["--eva.evolver", "task", "--eva.evolver_path", str(EVOLVE_FILE), "--eva.metric", metric,
-                          "--eva.sample_mode", mode, "--eva.filters", "empty", "unchanged", "duplicate"]
+        return flags + ["--eva.evolver", "replay", "--eva.metric", ONLINE_METRIC]
+    flags += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
+    return flags + ([] if arm == "eva" else ["--eva.metric", arm_metric(arm, "rloo")])
 
 
-def run_rloo(config: BenchConfig, arm: str, model_dir: Path, out: Path, seed: int, test_rows: list[dict]) -> dict:
+def run_rloo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Path, seed: int,
+             eval_rows: list[dict]) -> dict:
     """One online run in this process; returns its final held-out result and its curve."""
-    from openrlhf_eva import compat, train_rloo
+    from openrlhf_eva import train_rloo
     from openrlhf_eva.evaluate import evaluate_model
 
     class BenchTrainer(train_rloo.OnlineTrainer):
@@ -142,70 +170,102 @@ def run_rloo(config: BenchConfig, arm: str, model_dir: Path, out: Path, seed: in
                 append_jsonl(out / "model" / "buffer_composition.jsonl", {
                     "step": step, "kinds": Counter(m.get("kind", "?") for m in entries),
                     "difficulty": Counter(str(m.get("difficulty", "?")) for m in entries)})
-            if step % config.rloo_eval_every == 0 or step == self.source.num_batches:
-                result = evaluate_model(self.actor.model.module, self.tokenizer, test_rows, REWARD_FILE,
+            if step % config.rloo_eval_every == 0:
+                result = evaluate_model(self.actor.model.module, self.tokenizer, eval_rows, task.reward_file,
                                         max_new_tokens=config.max_new_tokens, group_keys=("split", "difficulty"))
                 append_jsonl(out / "model" / "bench_curve.jsonl", {"step": step, **result})
 
     seeds_file = out / "seeds.jsonl"
-    write_jsonl(seeds_file, make_seeds(n=config.num_seed_prompts, seed=1000 + seed))
+    write_jsonl(seeds_file, draw_seeds(task, config.num_seed_prompts, seed))
     for name in ("bench_curve.jsonl", "buffer_composition.jsonl"):
         (out / "model" / name).unlink(missing_ok=True)
     (out / "model").mkdir(parents=True, exist_ok=True)
-    args = train_rloo.parse_args(rloo_flags(config, arm, model_dir, seeds_file, out, seed))
+    args = train_rloo.parse_args(rloo_flags(config, task, arm, model_dir, seeds_file, out, seed))
     compat.default_single_process_env()
-    BenchTrainer(args).fit()
-    curve = read_jsonl(out / "model" / "bench_curve.jsonl")
+    trainer = BenchTrainer(args)
+    trainer.fit()
+    final = final_eval(trainer.actor.model.module, trainer.tokenizer, eval_rows, task, config, seed)
     metrics = read_jsonl(out / "model" / "eva_metrics.jsonl")
     shutil.rmtree(out / "ckpt", ignore_errors=True)
-    return {"test": curve[-1], "curve": curve, "steps": len(metrics),
-            "rollouts": sum(config.rloo_batch * config.rloo_n for _ in metrics),
+    curve = read_jsonl(out / "model" / "bench_curve.jsonl")
+    if not curve or curve[-1]["step"] != len(metrics):
+        curve.append({"step": len(metrics), **{k: v for k, v in final.items()}})
+    return {"test": final, "curve": curve, "steps": len(metrics),
+            "rollouts": sum(m.get("prompts_consumed", config.rloo_batch) for m in metrics) * config.rloo_n,
             "train_reward_last": metrics[-1]["reward_mean"] if metrics else None}
 
 
-def run_dpo(config: BenchConfig, arm: str, model_dir: Path, out: Path, seed: int, test_rows: list[dict]) -> dict:
-    """One offline round (creator -> pairs -> DPO) through iterate's stages, in this process."""
+def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Path, seed: int,
+            eval_rows: list[dict]) -> dict:
+    """``dpo_rounds`` offline rounds through `openrlhf_eva.iterate`, in this process."""
     from openrlhf_eva import iterate
-    from openrlhf_eva.evaluate import evaluate
 
     n = config.num_seed_prompts
-    evolve_args = ["--reward.remote_url", str(REWARD_FILE), "--data.label_key", "label", "--data.apply_chat_template",
-                   "--rollout.n_samples_per_prompt", str(config.dpo_n), "--rollout.max_new_tokens",
-                   str(config.max_new_tokens), "--train.seed", str(seed), "--eva.filters", "empty", "unchanged",
-                   "duplicate"]
+    seeds = draw_seeds(task, 2 * n if arm == "static" else n, seed)  # the creator's rollouts count
+    prompts = out / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": r["prompt"], "label": r["label"], **meta(r)} for r in seeds])
+    heldout = out / "heldout.jsonl"
+    write_jsonl(heldout, eval_rows)
+    evolve_args = ["--reward.remote_url", str(task.reward_file), "--data.label_key", "label",
+                   "--data.apply_chat_template", "--rollout.n_samples_per_prompt", str(config.dpo_n),
+                   "--rollout.max_new_tokens", str(config.max_new_tokens), "--train.seed", str(seed)]
+    own = ["--pretrain", str(model_dir), "--prompt_data", str(prompts), "--output_dir", str(out / "iterate"),
+           "--iterations", str(config.dpo_rounds), "--launcher", "inprocess", "--eval_data", str(heldout),
+           "--eval_reward", str(task.reward_file), "--eval_max_new_tokens", str(config.max_new_tokens)]
     if arm == "static":
-        # The creator's estimation rollouts count: static samples its pairs from 2n prompts.
-        prompts = out / "prompts.jsonl"
-        write_jsonl(prompts, make_seeds(n=2 * n, seed=1000 + seed))
-        train_prompts = prompts
+        own.append("--static")
+    elif arm == "no_evolve":
+        evolve_args += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC]
     else:
-        prompts = out / "seeds.jsonl"
-        write_jsonl(prompts, make_seeds(n=n, seed=1000 + seed))
-        if arm == "no_evolve":
-            creator = ["--eva.evolver", "replay", "--eva.metric", "A_min", "--eva.filters", "empty"]
-        else:
-            metric, mode = ("A_min", "greedy") if arm == "A_min_greedy" else (arm, "weighted")
-            creator = ["--eva.evolver", "task", "--eva.evolver_path", str(EVOLVE_FILE), "--eva.metric", metric,
-                       "--eva.sample_mode", mode]
-        iterate.run_evolve(iterate.Stage(out / "creator"), str(model_dir), prompts, evolve_args, creator)
-        train_prompts = out / "creator" / "next_prompts.jsonl"
-    pairs = iterate.run_evolve(iterate.Stage(out / "pairs"), str(model_dir), train_prompts, evolve_args,
-                               ["--eva.evolver", "none"])
-    # Same gradient steps everywhere: every arm trains on the same number of pairs.
-    dpo_args = ["--data.apply_chat_template", "--data.max_samples", str(config.dpo_pairs),
-                "--train.micro_batch_size", str(config.dpo_batch), "--train.batch_size", str(config.dpo_batch),
-                "--train.max_epochs", str(config.dpo_epochs), "--adam.lr",
-                str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
+        evolve_args += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
+        evolve_args += [] if arm == "eva" else ["--eva.metric", arm_metric(arm, "dpo")]
+    dpo_args = ["--data.max_samples", str(config.dpo_pairs), "--train.micro_batch_size", str(config.dpo_batch),
+                "--train.batch_size", str(config.dpo_batch), "--train.max_epochs", str(config.dpo_epochs),
+                "--adam.lr", str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
                 "--ds.zero_stage", "0", "--train.seed", str(seed), "--lr_warmup_ratio", "0"]
-    iterate.run_dpo(iterate.Stage(out / "model"), str(model_dir), out / "pairs" / "pairs.jsonl", dpo_args,
-                    "inprocess")
-    result = evaluate(out / "model", test_rows, REWARD_FILE, max_new_tokens=config.max_new_tokens)
-    shutil.rmtree(out / "model" / "ckpt", ignore_errors=True)
-    return {"test": result, "curve": [{"step": 1, **result}], "pairs": pairs["counts"]["prompts/pairs"],
-            "trained_pairs": min(config.dpo_pairs, pairs["counts"]["prompts/pairs"])}
+    table = iterate.main([*own, "--evolve-args", *evolve_args, "--dpo-args", *dpo_args])
+    final_dir = out / "iterate" / f"iter_{config.dpo_rounds}" / "model"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = final_eval(AutoModelForCausalLM.from_pretrained(final_dir), AutoTokenizer.from_pretrained(final_dir),
+                       eval_rows, task, config, seed)
+    shutil.copytree(final_dir, out / "model", dirs_exist_ok=True, ignore=shutil.ignore_patterns("ckpt", "DONE.json"))
+    for t in range(1, config.dpo_rounds + 1):
+        shutil.rmtree(out / "iterate" / f"iter_{t}" / "model" / "ckpt", ignore_errors=True)
+    curve = [{"step": row["iteration"], **row["eval"]} for row in table]
+    curve[-1] = {"step": config.dpo_rounds, **final}
+    return {"test": final, "curve": curve, "steps": config.dpo_rounds,
+            "pairs_per_round": [row["pairs"] for row in table],
+            # static: pairs from 2n prompts; eva: estimates on n, then pairs from n (iterate's stages)
+            "rollouts": 2 * n * config.dpo_n * len(table)}
 
 
 RUNNERS = {"rloo": run_rloo, "dpo": run_dpo}
+
+
+def meta(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("prompt", "label")}
+
+
+def draw_seeds(task: Task, n: int, seed: int) -> list[dict]:
+    """The bench seed's seed prompts: n rows of the task's pool, drawn by the bench seed."""
+    pool = list(task.seeds)
+    random.Random(1000 + seed).shuffle(pool)
+    return pool[:n]
+
+
+def final_eval(model, tokenizer, eval_rows: list[dict], task: Task, config: BenchConfig, seed: int) -> dict:
+    from openrlhf_eva.evaluate import evaluate_model
+
+    return evaluate_model(model, tokenizer, eval_rows, task.reward_file, max_new_tokens=config.max_new_tokens,
+                          group_keys=("split", "difficulty"), samples=config.eval_samples, seed=seed)
+
+
+def config_key(config: BenchConfig, model_dir: Path | None = None) -> str:
+    """A run's cache key: every setting a result depends on (not which seeds, arms or solvers run)."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seeds", "arms", "dpo_arms", "solvers")}
+    text = json.dumps(settings, sort_keys=True) + (str(Path(model_dir).resolve()) if model_dir else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -220,37 +280,30 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in file if line.strip()]
 
 
-def leave_no_process_group() -> None:
-    """Runs share their process: destroy any process group, and drop DeepSpeed's cached clone of
-    the world group, which would otherwise point the next engine at a destroyed group."""
-    import torch
-    from deepspeed.utils import groups as deepspeed_groups
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    deepspeed_groups._WORLD_GROUP = None
-
-
-def run_one(task: tuple) -> dict:
-    """A worker's unit: one (solver, arm, seed) run, cached by its result.json; errors are returned."""
-    config, solver, arm, seed, model_dir, out, test_rows, threads = task
+def run_one(unit: tuple) -> dict:
+    """A worker's unit: one (task, solver, arm, seed) run, cached by its result.json; errors are returned."""
+    config, task, solver, arm, seed, model_dir, out, eval_rows, threads = unit
     result_path = out / RESULT_FILE
+    key = config_key(config, model_dir)
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if cached.get("config_key") == key:
+            return cached
+        shutil.rmtree(out)  # another configuration or start model: this run is redone
     import torch
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    leave_no_process_group()  # earlier in-process work may have left a group, or a stale clone of one
+    compat.leave_no_process_group()  # earlier in-process work may have left a group, or a stale clone of one
     try:
         with open(out / "run.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            result = RUNNERS[solver](config, arm, model_dir, out, seed, test_rows)
+            result = RUNNERS[solver](config, task, arm, model_dir, out, seed, eval_rows)
     except Exception:
-        return {"solver": solver, "arm": arm, "seed": seed, "error": traceback.format_exc()}
+        return {"task": task.name, "solver": solver, "arm": arm, "seed": seed, "error": traceback.format_exc()}
     finally:
-        leave_no_process_group()
-    result.update(solver=solver, arm=arm, seed=seed, seconds=time.time() - started)
+        compat.leave_no_process_group()
+    result.update(task=task.name, solver=solver, arm=arm, seed=seed, seconds=time.time() - started, config_key=key)
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, result_path)
@@ -260,19 +313,20 @@ def run_one(task: tuple) -> dict:
 # --- statistics ---------------------------------------------------------------------------------------
 
 
-def bootstrap_ci(values: Sequence[float], draws: int = 10_000, seed: int = 0) -> tuple[float, list[float]]:
+def bootstrap_ci(values: Sequence[float], draws: int = 10_000, seed: int = 0) -> tuple[float, list[float] | None]:
     """Mean and 95% percentile-bootstrap interval over `values` (one per seed; for a paired
-    difference, pass the per-seed differences). One value: the interval is that value."""
+    difference, pass the per-seed differences). Fewer than MIN_SEEDS_FOR_CI values: no interval
+    (None): a spread cannot be estimated from one or two seeds."""
     values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), [float(values.mean())] * 2
+    if len(values) < MIN_SEEDS_FOR_CI:
+        return float(values.mean()), None
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(draws, len(values)))].mean(axis=1)
     return float(values.mean()), [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def summarize(runs: list[dict], config: BenchConfig) -> dict:
-    """results.json's "arms": per solver/arm, test means with CIs and paired deltas vs static and uniform."""
+def summarize(runs: list[dict], splits: list[str], theta_0: dict) -> dict:
+    """One task's "arms": per solver/arm, test means with CIs and paired deltas vs static, uniform and theta_0."""
     by_arm: dict[str, dict[int, dict]] = {}
     for run in runs:
         by_arm.setdefault(f"{run['solver']}/{run['arm']}", {})[run["seed"]] = run
@@ -282,11 +336,13 @@ def summarize(runs: list[dict], config: BenchConfig) -> dict:
         solver = key.split("/")[0]
         order = sorted(seeds)
         entry: dict[str, Any] = {"seeds": order, "test": {}, "per_seed": {}}
-        for split in SPLITS:
+        for split in splits:
             values = [seeds[s]["test"][split]["reward"] for s in order]
             mean, ci = bootstrap_ci(values)
             entry["test"][split] = {"mean": mean, "ci95": ci,
                                     "exact": float(np.mean([seeds[s]["test"][split]["exact"] for s in order]))}
+            if "sampled" in seeds[order[0]]["test"][split]:
+                entry["test"][split]["sampled"] = float(np.mean([seeds[s]["test"][split]["sampled"] for s in order]))
             entry["per_seed"][split] = values
         for baseline in ("static", "uniform"):
             other = by_arm.get(f"{solver}/{baseline}", {})
@@ -294,11 +350,17 @@ def summarize(runs: list[dict], config: BenchConfig) -> dict:
             if not shared or key == f"{solver}/{baseline}":
                 continue
             entry[f"delta_vs_{baseline}"] = {}
-            for split in SPLITS:
+            for split in splits:
                 diffs = [seeds[s]["test"][split]["reward"] - other[s]["test"][split]["reward"] for s in shared]
                 mean, ci = bootstrap_ci(diffs)
                 entry[f"delta_vs_{baseline}"][split] = {"mean": mean, "ci95": ci, "n": len(shared)}
+        entry["delta_vs_theta0"] = {}
+        for split in splits:
+            mean, ci = bootstrap_ci([seeds[s]["test"][split]["reward"] - theta_0[split]["reward"] for s in order])
+            entry["delta_vs_theta0"][split] = {"mean": mean, "ci95": ci, "n": len(order)}
         entry["curve"] = mean_curve([seeds[s]["curve"] for s in order])
+        entry["steps"] = float(np.mean([seeds[s]["steps"] for s in order]))
+        entry["rollouts"] = float(np.mean([seeds[s]["rollouts"] for s in order]))
         entry["seconds_mean"] = float(np.mean([seeds[s]["seconds"] for s in order]))
         arms[key] = entry
     return arms
@@ -318,37 +380,25 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 # --- the bench ----------------------------------------------------------------------------------------
 
 
-def theta_0_info(model_dir: Path, config: BenchConfig) -> dict[str, list[float]]:
-    """Informativeness of the first seed set under every paper metric, from theta_0's own samples."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from openrlhf_eva.creator import PAPER_METRICS, informativeness, load_plugin
-    from openrlhf_eva.rollout import sample_responses
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    seeds = make_seeds(n=config.num_seed_prompts, seed=1000 + config.seeds[0])
-    n = config.dpo_n
-    rollouts = sample_responses(model, tokenizer, [r["prompt"] for r in seeds], n=n, max_new_tokens=config.max_new_tokens,
-                                seed=config.seeds[0], progress=False)
-    reward_func = load_plugin(REWARD_FILE).reward_func
-    rewards = reward_func([q for qs in rollouts.queries for q in qs], [p for p in rollouts.prompts for _ in range(n)],
-                          [r["label"] for r in seeds for _ in range(n)])["rewards"].view(len(seeds), n)
-    return {metric: informativeness(rewards, metric=metric).tolist() for metric in PAPER_METRICS}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m openrlhf_eva.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--out", default="runs/bench", help="run folder (cached runs are reused)")
-    parser.add_argument("--warm-start", default=None, help="an HF model folder to start every arm from, or a "
-                        "warm-start cache folder (default: <out>/warm_start; the demo's is <demo out>/model) where the "
-                        "embedded SFT model is built once and reused")
+    parser.add_argument("--task-dir", action="append", default=[], metavar="DIR",
+                        help="a task folder to benchmark (repeatable); default: the embedded families")
+    parser.add_argument("--families", nargs="+", choices=EMBEDDED_FAMILIES, default=None,
+                        help="embedded families to run (default: both, unless --task-dir is given)")
+    parser.add_argument("--model", "--warm-start", dest="model", default=None,
+                        help="an HF model folder every task starts from (default: a tiny Llama per task, "
+                             "warm-started on its sft.jsonl)")
     parser.add_argument("--solvers", nargs="+", choices=SOLVERS, default=None)
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=None)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=None,
+                        help=f"arms (default: every arm for the embedded families, {' '.join(DEFAULT_ARMS)} for a "
+                             "--task-dir); RLOO and DPO each run the ones they have")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--eval-set", choices=["test", "dev"], default=None,
+                        help="held-out rows to report (dev: for tuning; never tune on test)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a BenchConfig field, e.g. --set rloo_lr=1e-3 (recorded in results.json)")
@@ -359,95 +409,140 @@ def build_parser() -> argparse.ArgumentParser:
 def configure(args) -> BenchConfig:
     config = SCALES[args.scale]
     changes: dict[str, Any] = {}
-    settable = [f.name for f in dataclasses.fields(BenchConfig) if f.name not in ("seeds", "arms", "solvers", "extra")]
+    settable = [f.name for f in dataclasses.fields(BenchConfig)
+                if f.name not in ("seeds", "arms", "dpo_arms", "solvers", "extra")]
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in settable:
             raise SystemExit(f"--set {item}: unknown or not settable field; settable: {', '.join(settable)}")
-        changes[key] = type(getattr(config, key))(value) if getattr(config, key) is not None else int(value)
-    for name in ("solvers", "arms", "seeds"):
+        current = getattr(config, key)
+        changes[key] = type(current)(value) if current is not None else int(value)
+    if args.arms:
+        changes["arms"] = tuple(args.arms)
+        changes["dpo_arms"] = tuple(a for a in args.arms if a != "dynamic_filtering")
+    elif args.task_dir:
+        changes["arms"] = DEFAULT_ARMS
+        changes["dpo_arms"] = tuple(a for a in DEFAULT_ARMS if a != "dynamic_filtering")
+    for name in ("solvers", "seeds"):
         if getattr(args, name):
             changes[name] = tuple(getattr(args, name))
+    if args.eval_set:
+        changes["eval_set"] = args.eval_set
     return dataclasses.replace(config, **changes)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
-    from openrlhf_eva.evaluate import evaluate
+def load_tasks(args, out: Path) -> list[Task]:
+    need_sft = args.model is None
+    tasks = [load_task_dir(path, need_sft=need_sft) for path in args.task_dir]
+    families = args.families or ([] if args.task_dir else list(EMBEDDED_FAMILIES))
+    for name in families:
+        tasks.append(load_task_dir(write_embedded_task(name, out / "tasks" / name), name=name))
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"two tasks share a folder name: {names}")
+    return tasks
 
+
+def task_model(args, config: BenchConfig, task: Task, out: Path) -> Path:
+    """The model a task's arms start from: --model, or the tiny Llama warm-started on its SFT rows."""
+    if args.model:
+        return Path(args.model)
+    from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
+
+    rows = task.sft[: config.sft_rows] if config.sft_rows else task.sft
+    name = "warm_start" if (config.sft_epochs, config.sft_rows) == (2, None) else \
+        f"warm_start_e{config.sft_epochs}_r{config.sft_rows}"
+    return warm_start(out / task.name / name, WarmStartConfig(epochs=config.sft_epochs), verbose=True,
+                      sft_rows=rows, alphabet=task.alphabet(), eval_rows=task.test, reward_file=task.reward_file)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = configure(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    given = Path(args.warm_start or out / "warm_start")
-    model_dir = given if (given / "config.json").exists() else warm_start(given, WarmStartConfig())
-    test_rows = make_test_set(config.eval_set_seed)
-    if config.eval_rows:  # smoke scale: an even slice of every split
-        test_rows = test_rows[:: max(1, len(test_rows) // config.eval_rows)]
-    theta_path = out / "theta_0.json"
-    if not theta_path.exists():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    tasks = load_tasks(args, out)
+    units, theta = [], {}
+    for task in tasks:
+        model_dir = task_model(args, config, task, out)
+        eval_rows = task.eval_rows(config.eval_set)
+        if config.eval_rows:  # smoke scale: an even slice of the held-out rows
+            eval_rows = eval_rows[:: max(1, len(eval_rows) // config.eval_rows)]
+        model_key = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:8]
+        theta_path = out / task.name / f"theta_0_{config.eval_set}_{model_key}_{config_key(config)}.json"
+        theta_path.parent.mkdir(parents=True, exist_ok=True)
+        if not theta_path.exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from openrlhf_eva.evaluate import evaluate_model
+            result = final_eval(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
+                                eval_rows, task, config, seed=0)
+            theta_path.write_text(json.dumps(result) + "\n")
+        theta[task.name] = json.loads(theta_path.read_text())
+        for seed in config.seeds:
+            for solver in config.solvers:
+                for arm in (config.arms if solver == "rloo" else config.dpo_arms):
+                    if arm in METRIC_ARMS and arm == arm_metric("eva", solver):
+                        continue  # that is the eva arm itself
+                    units.append((config, task, solver, arm, seed, model_dir, out / task.name / solver / arm /
+                                  f"seed_{seed}", eval_rows, 1 if args.workers > 1 else 2))
+    print(f"eva-bench ({args.scale}, {config.eval_set} set): {len(units)} runs over {len(tasks)} task(s) "
+          f"({', '.join(t.name for t in tasks)}), {len(config.seeds)} seeds, {args.workers} workers; logs under {out}",
+          flush=True)
+    runs, failures = execute(units, args.workers, started)
+    if failures:
+        raise SystemExit(f"{len(failures)} of {len(units)} runs failed; their logs: " + ", ".join(
+            str(out / f["task"] / f["solver"] / f["arm"] / f"seed_{f['seed']}" / "run.log") for f in failures))
+    families = {}
+    for task in tasks:
+        task_runs = [r for r in runs if r["task"] == task.name]
+        for run in task_runs:  # every curve starts at the shared theta_0
+            if run["curve"][0]["step"] != 0:
+                run["curve"] = [{"step": 0, **theta[task.name]}] + run["curve"]
+        families[task.name] = {"splits": task.splits, "theta_0": theta[task.name],
+                               "arms": summarize(task_runs, task.splits, theta[task.name])}
+    results = {"config": {**dataclasses.asdict(config), "scale": args.scale, "model": args.model,
+                          "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60},
+               "families": families}
+    publish(results, runs, out, args.publish)
+    print(f"eva-bench done in {(time.time() - started) / 60:.1f} min: {out / 'results.json'}")
+    return results
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        theta_path.write_text(json.dumps({
-            "test": evaluate_model(model, tokenizer, test_rows, REWARD_FILE, max_new_tokens=config.max_new_tokens,
-                                   group_keys=("split", "difficulty")),
-            "info": theta_0_info(model_dir, config)}) + "\n")
-    theta_0 = json.loads(theta_path.read_text())
 
-    tasks = [(config, solver, arm, seed, model_dir, out / solver / arm / f"seed_{seed}", test_rows,
-              1 if args.workers > 1 else 2)
-             for seed in config.seeds for solver in config.solvers for arm in config.arms]
+def execute(units: list[tuple], workers: int, started: float) -> tuple[list[dict], list[dict]]:
     runs, failures = [], []
-    print(f"eva-bench ({args.scale}): {len(tasks)} runs = {len(config.solvers)} solvers x {len(config.arms)} arms x "
-          f"{len(config.seeds)} seeds, {args.workers} workers; logs under {out}", flush=True)
-    pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
-    results = pool.imap_unordered(run_one, tasks) if pool else map(run_one, tasks)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    results = pool.imap_unordered(run_one, units) if pool else map(run_one, units)
     for done, result in enumerate(results, start=1):
+        label = f"[{done}/{len(units)}] {result['task']}/{result['solver']}/{result['arm']} seed {result['seed']}"
         if "error" in result:
             failures.append(result)
-            print(f"[{done}/{len(tasks)}] {result['solver']}/{result['arm']} seed {result['seed']} FAILED:\n"
-                  f"{result['error']}", flush=True)
+            print(f"{label} FAILED:\n{result['error']}", flush=True)
             continue
         runs.append(result)
-        print(f"[{done}/{len(tasks)}] {result['solver']}/{result['arm']} seed {result['seed']}: all "
-              f"{result['test']['all']['reward']:.3f}  harder {result['test']['harder']['reward']:.3f}  new_kind "
-              f"{result['test']['new_kind']['reward']:.3f}  ({result['seconds']:.0f}s, "
-              f"{(time.time() - started) / 60:.1f} min elapsed)", flush=True)
+        test = result["test"]
+        print(f"{label}: all {test['all']['reward']:.3f}" + "".join(
+            f"  {s} {test[s]['reward']:.3f}" for s in test if s != "all" and "=" not in s)
+            + f"  ({result['seconds']:.0f}s, {(time.time() - started) / 60:.1f} min elapsed)", flush=True)
     if pool:
         pool.close()
         pool.join()
-    if failures:
-        raise SystemExit(f"{len(failures)} of {len(tasks)} runs failed; their logs: "
-                         + ", ".join(str(out / f['solver'] / f['arm'] / f"seed_{f['seed']}" / "run.log")
-                                     for f in failures))
-    for run in runs:  # every curve starts at the shared theta_0
-        run["curve"] = [{"step": 0, **theta_0["test"]}] + run["curve"]
-    results = {
-        "config": {**dataclasses.asdict(config), "scale": args.scale, "warm_start": str(model_dir),
-                   "test_rows": len(test_rows), "minutes": (time.time() - started) / 60},
-        "theta_0": {split: theta_0["test"][split]["reward"] for split in SPLITS},
-        "theta_0_info": theta_0["info"],
-        "arms": summarize(runs, config),
-    }
+    return runs, failures
+
+
+def publish(results: dict, runs: list[dict], out: Path, folder: str | None) -> None:
     from openrlhf_eva import bench_report
 
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     bench_report.write_markdown(results, out / "RESULTS.md")
     plots = bench_report.write_plots(results, runs, out)
     print(bench_report.markdown_table(results))
-    if args.publish:
-        publish = Path(args.publish)
-        publish.mkdir(parents=True, exist_ok=True)
+    if folder:
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
         for path in [out / "results.json", out / "RESULTS.md", *plots]:
-            shutil.copy(path, publish / path.name)
-        print(f"published results.json, RESULTS.md and {len(plots)} plots to {publish}")
-    print(f"eva-bench done in {(time.time() - started) / 60:.1f} min: {out / 'results.json'}")
-    return results
+            shutil.copy(path, target / path.name)
+        print(f"published results.json, RESULTS.md and {len(plots)} plots to {target}")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@
    (loaded by path, exactly as OpenRLHF loads one), and compute informativeness under every metric;
 3. sample the most informative 25% (weighted by A_min), evolve 4 children each with the task's
    programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds);
-4. static vs eva, both solvers, with eva-bench's settings (`openrlhf_eva.bench`, arms static and
-   A_min): online RLOO through `openrlhf_eva.train_rloo`'s trainer, and one offline DPO round
-   through `openrlhf_eva.iterate`'s stages (evolve -> pairs -> train_dpo), same rollouts and gradient
-   steps per arm; the held-out reward per split (in_dist, harder, new_kind) of theta_0 and each arm;
+4. static vs eva (the shipped defaults), both solvers, with eva-bench's settings (`openrlhf_eva.bench`,
+   arms static and eva): online RLOO through `openrlhf_eva.train_rloo`'s trainer, and iterated offline
+   DPO through `openrlhf_eva.iterate` (evolve -> pairs -> train_dpo, each round on the last round's
+   model and prompts), same rollouts per arm; the held-out reward per split (in_dist, harder,
+   new_kind) of theta_0 and each arm, and eva - static (an interval only from 3 seeds up);
 5. the HTML report of everything under --out (`openrlhf_eva.report`), path printed at the end.
 Stages are cached under --out: a rerun redoes only what is missing.
 """
@@ -179,21 +180,33 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def showcase(args, out: Path, model_dir: Path) -> None:
-    """Static vs eva for both solvers, one bench seed, through the bench's runs (RLOO and DPO)."""
+    """The headline: static vs eva (train_rloo's and iterate's shipped defaults) for both solvers,
+    through the bench's runs on the digit family, same rollouts per arm."""
     from openrlhf_eva import bench
 
-    argv = ["--scale", args.bench_scale, "--out", str(out / "bench"), "--warm-start", str(model_dir),
-            "--arms", "static", "A_min", "--seeds", *[str(s) for s in range(args.bench_seeds)],
+    argv = ["--scale", args.bench_scale, "--out", str(out / "bench"), "--families", "digits", "--model",
+            str(model_dir), "--arms", "static", "eva", "--seeds", *[str(s) for s in range(args.bench_seeds)],
             "--workers", str(args.workers)]
-    results = bench.main(argv)
+    family = bench.main(argv)["families"]["digits"]
     splits = ["in_dist", "harder", "new_kind", "all"]
-    for solver, title in (("rloo", "online RLOO"), ("dpo", "one offline DPO round")):
-        rows = [["theta_0 (SFT)", *(f"{results['theta_0'][s]:.3f}" for s in splits)]]
-        for arm, name in (("static", "static seed prompts"), ("A_min", "eva (A_min, weighted, evolve)")):
-            stats = results["arms"][f"{solver}/{arm}"]["test"]
+    seeds = args.bench_seeds
+    for solver, title in (("rloo", "online RLOO"), ("dpo", "iterated offline DPO")):
+        rows = [["theta_0 (SFT)", *(f"{family['theta_0'][s]['reward']:.3f}" for s in splits)]]
+        for arm, name in (("static", "static seed prompts"), ("eva", "eva (shipped defaults)")):
+            stats = family["arms"][f"{solver}/{arm}"]["test"]
             rows.append([name, *(f"{stats[s]['mean']:.3f}" for s in splits)])
-        print_table(f"Held-out greedy reward after {title} from theta_0 (same rollouts and gradient steps; "
-                    f"{args.bench_seeds} seed(s))", ["policy", *splits], rows)
+        delta = family["arms"][f"{solver}/eva"]["delta_vs_static"]
+        rows.append(["eva - static", *(_delta_cell(delta[s]) for s in splits)])
+        print_table(f"Held-out greedy reward after {title} from theta_0 (same rollouts; {seeds} seed(s)"
+                    + ("; 1 seed: no CI" if seeds == 1 else "; paired 95% bootstrap CI" if seeds >= 3
+                       else "; fewer than 3 seeds: no CI") + ")", ["policy", *splits], rows)
+
+
+def _delta_cell(stat: dict) -> str:
+    if stat.get("ci95") is None:
+        return f"{stat['mean']:+.3f}"
+    lo, hi = stat["ci95"]
+    return f"{stat['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 if __name__ == "__main__":

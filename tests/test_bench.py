@@ -1,16 +1,17 @@
-"""eva-bench: the smoke scale end to end through the real trainers, the results schema, the statistics."""
+"""eva-bench: a user's task folder end to end through the real trainers, the results schema, the statistics."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from openrlhf_eva import bench, train_rloo
-from openrlhf_eva.embedded.data import SPLITS
+from openrlhf_eva import bench, bench_tasks, train_rloo
+from openrlhf_eva.embedded import letters
 
 
-@given(st.lists(st.floats(-1, 1), min_size=2, max_size=8), st.floats(-1, 1))
+@given(st.lists(st.floats(-1, 1), min_size=3, max_size=8), st.floats(-1, 1))
 def test_bootstrap_ci_contains_the_mean_and_shifts_with_the_data(values, shift):
     mean, (lo, hi) = bench.bootstrap_ci(values)
     assert lo - 1e-9 <= mean <= hi + 1e-9
@@ -20,59 +21,114 @@ def test_bootstrap_ci_contains_the_mean_and_shifts_with_the_data(values, shift):
     assert (shifted_lo, shifted_hi) == pytest.approx((lo + shift, hi + shift), abs=1e-9)
 
 
-def test_every_arm_is_a_valid_train_rloo_command(tmp_path):
+def test_fewer_than_three_seeds_give_no_interval():
+    assert bench.bootstrap_ci([0.5]) == (0.5, None)
+    assert bench.bootstrap_ci([0.2, 0.4]) == (pytest.approx(0.3), None)
+
+
+@pytest.fixture(scope="module")
+def letters_dir(tmp_path_factory):
+    return letters.write_task_dir(tmp_path_factory.mktemp("letters"), num_seeds=64, num_sft=64)
+
+
+def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, letters_dir):
     config = bench.SCALES["full"]
+    task = bench_tasks.load_task_dir(letters_dir)
     for arm in bench.ARMS:
-        args = train_rloo.parse_args(bench.rloo_flags(config, arm, tmp_path, tmp_path / "seeds.jsonl", tmp_path, 0))
-        assert (args.eva.evolver is None) == (arm == "static")
-        if arm not in ("static", "no_evolve"):
-            assert args.eva.metric == ("A_min" if arm == "A_min_greedy" else arm)
-            assert args.eva.sample_mode == ("greedy" if arm == "A_min_greedy" else "weighted")
-        # equal budgets: every arm serves budget x seeds prompts
-        assert args.eva.total_prompts in (None, f"{config.rloo_budget}x")
-        assert arm != "static" or args.train.num_episodes == int(config.rloo_budget)
+        args = train_rloo.parse_args(bench.rloo_flags(config, task, arm, tmp_path, tmp_path / "seeds.jsonl",
+                                                      tmp_path, 0))
+        assert (args.eva.evolver is None) == (arm in ("static", "dynamic_filtering"))
+        assert args.algo.dynamic_filtering_enable == (arm == "dynamic_filtering")
+        assert tuple(args.algo.dynamic_filtering_range) == (0, 1)  # upstream's default band
+        if args.eva.evolver is not None:
+            assert args.eva.total_prompts == f"{config.rloo_budget}x"
+            assert args.eva.metric == (bench.arm_metric(arm, "rloo") or "A_avg")
+            # eva is the shipped defaults: curriculum, filters and sampling untouched
+            defaults = train_rloo.parse_args(["--actor.model_name_or_path", "m", "--data.prompt_dataset", "d",
+                                              "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2"])
+            for name in ("seed_replay", "frontier_quantile", "sample_mode", "filters", "top_frac", "n_new"):
+                assert getattr(args.eva, name) == getattr(defaults.eva, name), name
+        else:
+            assert args.train.num_episodes == int(config.rloo_budget)
 
 
-def test_smoke_bench_writes_the_results_schema_plots_and_resumes(warm_tiny_model, tmp_path):
-    _, model_dir = warm_tiny_model
-    argv = ["--scale", "smoke", "--out", str(tmp_path / "bench"), "--warm-start", str(model_dir), "--workers", "1",
+def test_a_task_folder_runs_the_four_arms_a_user_compares_by_default(letters_dir):
+    config = bench.configure(bench.build_parser().parse_args(["--task-dir", str(letters_dir)]))
+    assert config.arms == ("static", "eva", "uniform", "dynamic_filtering")
+    assert config.dpo_arms == ("static", "eva", "uniform")
+
+
+def test_task_folders_are_checked_with_the_file_and_row(tmp_path, letters_dir):
+    with pytest.raises(bench_tasks.TaskError, match="missing sft.jsonl"):
+        broken = tmp_path / "no_sft"
+        shutil.copytree(letters_dir, broken)
+        (broken / "sft.jsonl").unlink()
+        bench_tasks.load_task_dir(broken)
+    assert bench_tasks.load_task_dir(broken, need_sft=False).sft is None  # fine with --model
+    bad = tmp_path / "bad_row"
+    shutil.copytree(letters_dir, bad)
+    with open(bad / "test.jsonl", "a") as file:
+        file.write('{"prompt": "dbl ab"}\n')
+    with pytest.raises(bench_tasks.TaskError, match=r"test.jsonl, row \d+: missing 'label'"):
+        bench_tasks.load_task_dir(bad)
+    leak = tmp_path / "leak"
+    shutil.copytree(letters_dir, leak)
+    with open(leak / "test.jsonl", "a") as file:
+        file.write(json.dumps(json.loads((leak / "seeds.jsonl").read_text().splitlines()[0])) + "\n")
+    with pytest.raises(bench_tasks.TaskError, match="also seed prompts"):
+        bench_tasks.load_task_dir(leak)
+    task = bench_tasks.load_task_dir(letters_dir)
+    assert task.splits == ["harder", "in_dist", "new_kind", "all"]
+    assert set(task.alphabet()) == set("abcdefghijklmnopqrstuvwxyz ")  # every character the data uses
+
+
+@pytest.mark.slow
+def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, tmp_path):
+    """--task-dir with no --model: the tiny Llama on the task's own characters, warm-started on its
+    sft.jsonl, then RLOO (static, eva, dynamic_filtering) and iterated DPO (static, eva)."""
+    argv = ["--scale", "smoke", "--task-dir", str(letters_dir), "--out", str(tmp_path / "bench"), "--workers", "1",
+            "--arms", "static", "eva", "dynamic_filtering",
+            "--set", "eval_rows=24", "--set", "eval_samples=2", "--set", "dpo_rounds=2",
             "--publish", str(tmp_path / "published")]
     results = bench.main(argv)
 
-    assert set(results["arms"]) == {f"{s}/{a}" for s in ("rloo", "dpo") for a in ("static", "no_evolve", "A_min")}
-    for key, arm in results["arms"].items():
+    family = results["families"][letters_dir.name]
+    assert set(family["arms"]) == {"rloo/static", "rloo/eva", "rloo/dynamic_filtering", "dpo/static", "dpo/eva"}
+    splits = family["splits"]
+    for key, arm in family["arms"].items():
         assert arm["seeds"] == [0]
-        for split in SPLITS:
+        for split in splits:
             stat = arm["test"][split]
-            assert 0 <= stat["mean"] <= 1 and stat["ci95"][0] <= stat["mean"] <= stat["ci95"][1]
+            assert 0 <= stat["mean"] <= 1 and stat["ci95"] is None  # one seed: no interval
+            assert 0 <= stat["sampled"] <= 1
+            assert arm["delta_vs_theta0"][split]["mean"] == pytest.approx(stat["mean"] - family["theta_0"][split]["reward"])
         if not key.endswith("/static"):
-            deltas = arm["delta_vs_static"]
-            for split in SPLITS:
-                assert deltas[split]["mean"] == pytest.approx(
-                    arm["test"][split]["mean"] - results["arms"][key.split("/")[0] + "/static"]["test"][split]["mean"])
+            for split in splits:
+                assert arm["delta_vs_static"][split]["mean"] == pytest.approx(
+                    arm["test"][split]["mean"] - family["arms"][key.split("/")[0] + "/static"]["test"][split]["mean"])
         assert arm["curve"][0]["step"] == 0 and arm["curve"][-1]["step"] >= 1
-    # the online arms log their curve and, with eva on, the buffer's composition
-    run = tmp_path / "bench" / "rloo" / "A_min" / "seed_0" / "model"
-    composition = [json.loads(line) for line in open(run / "buffer_composition.jsonl")]
-    assert composition and sum(composition[-1]["kinds"].values()) > 0
-    assert len(open(run / "bench_curve.jsonl").readlines()) >= 2
-    # no_evolve never writes a new prompt: its buffer holds copies of seed prompts only
-    seeds = {json.loads(line)["prompt"] for line in open(tmp_path / "bench" / "rloo" / "no_evolve" / "seed_0" /
-                                                           "seeds.jsonl")}
-    buffer = [json.loads(line)["text"] for line in open(tmp_path / "bench" / "rloo" / "no_evolve" / "seed_0" /
-                                                        "model" / "eva_buffer.jsonl")]
-    assert buffer and set(buffer) <= seeds
+        model = tmp_path / "bench" / letters_dir.name / key / "seed_0" / "model"
+        assert (model / "config.json").exists() and list(model.glob("*.safetensors"))  # the run's final model
+    # equal rollout budgets; dynamic filtering spends them on fewer steps
+    rloo = {arm: family["arms"][f"rloo/{arm}"] for arm in ("static", "eva", "dynamic_filtering")}
+    assert rloo["static"]["rollouts"] == rloo["eva"]["rollouts"] and rloo["static"]["steps"] == rloo["eva"]["steps"]
+    assert rloo["dynamic_filtering"]["rollouts"] <= rloo["static"]["rollouts"]
+    assert family["arms"]["dpo/eva"]["steps"] == 2 and len(family["arms"]["dpo/eva"]["curve"]) == 3
+    # the warm start used the task's own characters
+    vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start" / "sft" / "tokenizer.json").read_text())
+    assert "+" not in vocab["model"]["vocab"] and "z" in vocab["model"]["vocab"]
 
     published = {p.name for p in (tmp_path / "published").iterdir()}
-    assert {"results.json", "RESULTS.md", "rloo_curves.png", "dpo_curves.png", "info_by_metric.png",
-            "rloo_buffer_drift.png"} <= published
-    assert "| A_min |" in (tmp_path / "published" / "RESULTS.md").read_text()
+    assert {"results.json", "RESULTS.md", f"{letters_dir.name}_rloo_curves.png", f"{letters_dir.name}_dpo_curves.png",
+            f"{letters_dir.name}_rloo_buffer_drift.png"} <= published
+    markdown = (tmp_path / "published" / "RESULTS.md").read_text()
+    assert "| eva (n=1) |" in markdown and "(no CI)" in markdown and "] **" not in markdown  # no CI, no mark
     saved = json.loads((tmp_path / "published" / "results.json").read_text())
-    assert saved["arms"].keys() == results["arms"].keys() and np.isfinite(saved["config"]["minutes"])
+    assert saved["families"].keys() == results["families"].keys() and np.isfinite(saved["config"]["minutes"])
 
     # a rerun finds every run's result.json and trains nothing
-    logs = sorted((tmp_path / "bench").glob("*/*/seed_0/run.log"))
+    logs = sorted((tmp_path / "bench").glob("*/*/*/seed_0/run.log"))
     sizes = [p.stat().st_size for p in logs]
     again = bench.main(argv)
-    assert len(logs) == 6 and [p.stat().st_size for p in logs] == sizes
-    assert again["arms"]["rloo/A_min"]["test"] == results["arms"]["rloo/A_min"]["test"]
+    assert len(logs) == 5 and [p.stat().st_size for p in logs] == sizes
+    assert again["families"][letters_dir.name]["arms"]["rloo/eva"]["test"] == family["arms"]["rloo/eva"]["test"]

@@ -84,8 +84,9 @@ def test_demo_runs_one_creator_step(warm_model, tmp_path, capsys):
     assert len(next_set) == 16
     # static vs eva for both solvers (the bench's smoke settings), the table, and the HTML report
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert set(results["arms"]) == {"rloo/static", "rloo/A_min", "dpo/static", "dpo/A_min"}
-    assert text.count("Held-out greedy reward after") == 2 and "eva (A_min, weighted, evolve)" in text
+    assert set(results["families"]["digits"]["arms"]) == {"rloo/static", "rloo/eva", "dpo/static", "dpo/eva"}
+    assert text.count("Held-out greedy reward after") == 2 and "eva (shipped defaults)" in text
+    assert text.count("1 seed: no CI") == 2 and "[" not in text.split("eva - static")[1].splitlines()[0]
     report = tmp_path / "report.html"
     assert report.exists() and f"HTML report (creator step, runs, buffers, evolved and rejected prompts): {report}" in text
     summary = json.loads((step_dir / "summary.json").read_text())

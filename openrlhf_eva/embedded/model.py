@@ -51,14 +51,17 @@ MODEL_CONFIG = dict(
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The char-level tokenizer with special tokens and chat template (deterministic, offline)."""
+def build_tokenizer(alphabet: str = vocab.ALPHABET) -> PreTrainedTokenizerFast:
+    """The char-level tokenizer with special tokens and chat template (deterministic, offline).
+
+    ``alphabet``: one id per character, in this order after the specials (a user's task brings its
+    own: ``openrlhf_eva.bench --task-dir`` takes every character its data uses)."""
     backend = Tokenizer(models.WordLevel(unk_token=vocab.UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     # Trained on the alphabet itself: every character is seen once, the trainer breaks the ties
     # by character order, so ids are the same on every run (specials 0-6, " "=7, "+"=8, "0"=9, ...).
     trainer = trainers.WordLevelTrainer(special_tokens=list(vocab.SPECIAL_TOKENS), show_progress=False)
-    backend.train_from_iterator([vocab.ALPHABET], trainer)
+    backend.train_from_iterator([alphabet], trainer)
     # Fuse joins decoded tokens with no separator, so decode(encode(text)) == text.
     backend.decoder = decoders.Fuse()
 
@@ -96,10 +99,10 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 42) -> LlamaForC
     return model
 
 
-def build_tiny(out_dir: str | Path, seed: int = 42) -> str:
+def build_tiny(out_dir: str | Path, seed: int = 42, alphabet: str = vocab.ALPHABET) -> str:
     """Write tokenizer + tiny Llama to ``out_dir`` with ``save_pretrained``; return the path."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(alphabet)
     model = build_model(tokenizer, seed=seed)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

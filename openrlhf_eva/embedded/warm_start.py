@@ -37,11 +37,13 @@ class WarmStartConfig:
     max_len: int = 48
 
 
-def _fingerprint(config: WarmStartConfig) -> str:
+def _fingerprint(config: WarmStartConfig, task: dict | None = None) -> str:
     # The task family's source is part of the key: changing a task must rebuild the model.
     import openrlhf_eva.embedded as embedded
 
     digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    if task is not None:  # another task's data, alphabet and reward
+        digest.update(json.dumps(task, sort_keys=True, default=str).encode())
     for name in ("tasks.py", "model.py", "data.py", "vocab.py"):
         digest.update((Path(embedded.__file__).parent / name).read_bytes())
     return digest.hexdigest()[:16]
@@ -66,20 +68,31 @@ def _run_with_progress(cmd: list[str], log_path: Path, label: str) -> None:
         raise RuntimeError(f"{label} failed (exit {proc.returncode}); last lines of {log_path}:\n" + "\n".join(tail))
 
 
-def warm_start(out_dir: str | Path, config: WarmStartConfig = WarmStartConfig(), verbose: bool = True) -> Path:
-    """Return the directory of the warm-started model, training it first unless cached."""
+def warm_start(out_dir: str | Path, config: WarmStartConfig = WarmStartConfig(), verbose: bool = True, *,
+               sft_rows: list[dict] | None = None, alphabet: str | None = None, eval_rows: list[dict] | None = None,
+               reward_file: str | Path | None = None) -> Path:
+    """Return the directory of the warm-started model, training it first unless cached.
+
+    The defaults are the embedded digit family. Another task (``openrlhf_eva.bench --task-dir``)
+    gives its SFT rows (prompt, response; ``config.sft_samples`` is then ignored), the characters
+    its data uses, and its held-out rows and reward file for the greedy check at the end.
+    """
     out_dir = Path(out_dir)
     final = out_dir / "sft"
-    fingerprint = _fingerprint(config)
+    task = None
+    if sft_rows is not None:
+        task = {"sft": sft_rows, "alphabet": alphabet, "eval": eval_rows,
+                "reward": Path(reward_file).read_text() if reward_file else None}
+    fingerprint = _fingerprint(config, task)
     done = out_dir / DONE_FILE
     if done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
         return final
 
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    init = build_tiny(out_dir / "init", seed=config.seed)
+    init = build_tiny(out_dir / "init", seed=config.seed, **({"alphabet": alphabet} if alphabet else {}))
     data_path = out_dir / "sft.jsonl"
-    write_jsonl(data_path, make_sft_data(n=config.sft_samples, seed=config.seed))
+    write_jsonl(data_path, sft_rows if sft_rows is not None else make_sft_data(n=config.sft_samples, seed=config.seed))
     cmd = [
         sys.executable, "-m", "openrlhf_eva.train_sft",
         "--model.model_name_or_path", init,
@@ -96,7 +109,7 @@ def warm_start(out_dir: str | Path, config: WarmStartConfig = WarmStartConfig(),
     if verbose:
         print(f"SFT warm start of the embedded tiny Llama -> {final}")
     _run_with_progress(cmd, out_dir / "sft.log", "OpenRLHF train_sft")
-    metrics = evaluate(final, make_test_set(), REWARD_FILE)
+    metrics = evaluate(final, eval_rows if eval_rows is not None else make_test_set(), reward_file or REWARD_FILE)
     record = {"fingerprint": fingerprint, "config": asdict(config), "seconds": time.time() - started,
               "held_out_greedy": metrics}
     done.write_text(json.dumps(record, indent=2) + "\n")
