@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openrlhf_eva import compat
 from openrlhf_eva.creator import write_jsonl
 from openrlhf_eva.embedded.data import make_seeds, make_test_set
 from openrlhf_eva.iterate import main, split_argv
@@ -69,7 +70,8 @@ def test_killed_between_stages_then_rerun_equals_uninterrupted(warm_tiny_model, 
     # Same run in a subprocess, SIGKILLed as soon as the pairs stage is done (before the solver).
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen([sys.executable, "-m", "openrlhf_eva.iterate", *argv(model_dir, data_dir, crashed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=compat.child_process_env())  # the in-process run above set RANK, MASTER_PORT, ...
     marker = crashed / "iter_1" / "pairs" / "DONE.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -82,9 +84,14 @@ def test_killed_between_stages_then_rerun_equals_uninterrupted(warm_tiny_model, 
     a, b = outputs(clean), outputs(crashed)
     for name in ("creator/next_prompts.jsonl", "creator/pairs.jsonl", "pairs/pairs.jsonl", "eval/DONE.json"):
         assert a[name] == b[name], name
+    # CONTRIBUTING.md, "Determinism": stage outputs are bitwise equal; weights trained in another
+    # process are equal within 2 bf16 steps (in every run measured so far they were bitwise equal).
     assert a["weights"].keys() == b["weights"].keys()
+    differing = {key: (a["weights"][key].float() - b["weights"][key].float()).abs().max().item()
+                 for key in a["weights"] if not torch.equal(a["weights"][key], b["weights"][key])}
+    print(f"weights not bitwise equal: {len(differing)} of {len(a['weights'])} tensors, {differing}")
     for key in a["weights"]:
-        assert torch.equal(a["weights"][key], b["weights"][key]), key
+        torch.testing.assert_close(b["weights"][key], a["weights"][key], rtol=2 ** -7, atol=1e-6, msg=key)
 
 
 def test_bad_input_is_reported_with_the_flag(tmp_path, data_dir):

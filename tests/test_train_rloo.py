@@ -492,3 +492,72 @@ def test_rewrite_chosen_trains_on_the_served_rewrite(tiny_run, tmp_path, monkeyp
             row = prompt * 4 + int(chosen[prompt])
             response = sequences[row, -action_mask.shape[1]:][action_mask[row]]
             assert tokenizer.decode(response, skip_special_tokens=False) == rewrite + tokenizer.eos_token
+
+
+ZERO_FOR_COPY = '''
+from openrlhf_eva.embedded.reward_func import reward_func as graded
+
+
+def reward_func(queries, prompts, labels, **kwargs):
+    """The embedded reward, but 0 for every "copy" prompt: their groups' mean is 0, outside (0, 1)."""
+    out = graded(queries, prompts, labels)
+    for i, prompt in enumerate(prompts):
+        if "copy " in prompt:
+            out["rewards"][i] = 0.0
+    out["scores"] = out["rewards"].clone()
+    return out
+'''
+
+
+def test_dynamic_filtering_drops_groups_outside_the_range_and_refills_from_the_next_prompts(tiny_run, tmp_path):
+    reward = tmp_path / "zero_for_copy.py"
+    reward.write_text(ZERO_FOR_COPY)
+    seeds = [json.loads(line) for line in Path(tiny_run.seeds).read_text().splitlines()]
+    copies = sum(row["prompt"].startswith("copy ") for row in seeds)
+    assert 0 < copies < len(seeds) - 4  # some groups to drop, enough others to fill a batch
+    out = tmp_path / "df"
+    run_in_process(tiny_run, out, "--reward.remote_url", str(reward), "--algo.dynamic_filtering_enable",
+                   "--train.num_episodes", "3", "--train.batch_size", "16", "--train.micro_batch_size", "16",
+                   "--ds.zero_stage", "0", "--algo.kl.init_coef", "0")
+    metrics = read_metrics(out)
+    assert metrics, "no step trained"
+    consumed = sum(m["prompts_consumed"] for m in metrics)
+    assert consumed <= 3 * 8 and any(m["prompts_consumed"] > 4 for m in metrics)  # refills, within the budget
+    for m in metrics:
+        kept = 4
+        assert m["dynamic_filtering_pass_rate"] == pytest.approx(100 * kept / m["prompts_consumed"])
+        assert m["optimizer_steps"] == m["step"]  # every trained batch is full: 16 samples, one step
+        assert m["reward_mean"] > 0  # no all-zero ("copy") group reached the update
+
+    with pytest.raises(SystemExit):
+        parse_args(["--actor.model_name_or_path", "m", "--data.prompt_dataset", "d", "--reward.remote_url", "r.py",
+                    "--rollout.n_samples_per_prompt", "4", "--algo.dynamic_filtering_enable",
+                    "--algo.dynamic_filtering_range", "0.5", "0.2"])
+
+
+def test_merged_groups_keep_each_rollouts_prompt_and_response_columns():
+    from openrlhf.trainer.ppo_utils import Experience
+
+    from openrlhf_eva.solve.online import merge_groups
+
+    def rollout(prompt_width, response_width, value):
+        rows = 2 * 2  # 2 groups of n=2
+        sequences = torch.full((rows, prompt_width + response_width), value)
+        sequences[:, :1] = 0  # one left pad
+        action = torch.ones(rows, response_width, dtype=torch.bool)
+        action[:, -1] = False  # one right pad
+        return Experience(sequences=sequences, attention_mask=(sequences != 0).long(), action_mask=action,
+                          response_length=action.sum(1).float(), truncated=torch.zeros(rows, dtype=torch.bool),
+                          total_length=torch.full((rows,), 9.0), prompts=[f"p{value}{i // 2}" for i in range(rows)])
+
+    a, b = rollout(3, 4, 5), rollout(5, 2, 7)
+    merged = merge_groups([(a, [1]), (b, [0, 1])], n=2, pad_token_id=0)
+    assert merged.sequences.shape == (6, 5 + 4) and merged.action_mask.shape == (6, 4)
+    assert merged.prompts == ["p51", "p51", "p70", "p70", "p71", "p71"]
+    # a's rows: 2 more left pads before its prompt; b's rows: 2 more right pads after its response
+    assert merged.sequences[0].tolist() == [0, 0, 0, 5, 5, 5, 5, 5, 5]
+    assert merged.action_mask[0].tolist() == [True, True, True, False]
+    assert merged.sequences[2].tolist() == [0, 7, 7, 7, 7, 7, 7, 0, 0]
+    assert merged.action_mask[2].tolist() == [True, False, False, False]
+    assert (merged.attention_mask == (merged.sequences != 0).long()).all()
+    assert merged.response_length.tolist() == [3, 3, 1, 1, 1, 1]
