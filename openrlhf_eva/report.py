@@ -17,7 +17,8 @@ Every run found under RUN_DIR (recursively) gets a section, listed in a summary 
            (openrlhf_eva.evolve, or the demo's creator_step/): counts, informativeness, examples.
   demo     solver/results.json and/or online/results.json (openrlhf_eva.demo): held-out tables.
   scores   prompt_scores.json and/or .csv (openrlhf_eva.score_prompts): complexity/quality per set.
-  bench    results.json with "arms" (openrlhf_eva.bench): held-out reward per arm with its CI95, and
+  bench    results.json with "families" (openrlhf_eva.bench; or an older one with "arms"): held-out
+           reward per task and arm with its CI95, and
            the bench's own PNGs beside it; its per-seed runs get their own sections.
 
 Plots are drawn with matplotlib's Agg canvas and embedded as base64 PNGs; the page loads nothing
@@ -215,7 +216,9 @@ def find_runs(root: Path) -> list[Run]:
             runs.append(Run("demo", here))
         if names & set(SCORE_FILES):
             runs.append(Run("scores", here))
-        if "results.json" in names and isinstance((read_json(here / "results.json") or {}).get("arms"), dict):
+        bench_results = read_json(here / "results.json") if "results.json" in names else None
+        if isinstance(bench_results, dict) and (isinstance(bench_results.get("arms"), dict)
+                                                or isinstance(bench_results.get("families"), dict)):
             runs.append(Run("bench", here))
     return attach_bench_files(runs)
 
@@ -1090,36 +1093,43 @@ def demo_section(run: Run) -> Section:
 
 
 def bench_section(run: Run) -> Section:
+    """results.json of openrlhf_eva.bench: one table per task ("families"), or the older single table."""
     section = Section()
     results = read_json(run.path / "results.json")
-    arms = results["arms"]
-    splits = list(next((a["test"] for a in arms.values() if isinstance(a.get("test"), dict)), {}))
+    if isinstance(results.get("families"), dict):
+        tasks = [(name, {s: (v or {}).get("reward") for s, v in (family.get("theta_0") or {}).items()
+                         if isinstance(v, dict)}, family.get("arms") or {})
+                 for name, family in results["families"].items() if isinstance(family, dict)]
+    else:
+        tasks = [("", results.get("theta_0") if isinstance(results.get("theta_0"), dict) else {}, results["arms"])]
 
     def interval(stat):
         if not isinstance(stat, dict) or number(stat.get("mean")) is None:
             return "–"
         low, high = (stat.get("ci95") or [None, None])[:2]
-        bounds = f" [{low:.3f}, {high:.3f}]" if number(low) is not None and number(high) is not None else ""
+        bounds = f" [{low:.3f}, {high:.3f}]" if number(low) is not None and number(high) is not None else " (no CI)"
         return f"{stat['mean']:.3f}{bounds}"
 
-    theta = results.get("theta_0") if isinstance(results.get("theta_0"), dict) else {}
-    start = [f"{theta[s]:.3f}" if number(theta.get(s)) is not None else "–" for s in splits]
-    rows = [("θ0 (start)", "", *start, "")] if theta else []
-    best_name, best_all = None, -math.inf
-    for name, arm in arms.items():
-        if not isinstance(arm, dict):
-            continue
-        test = arm.get("test") if isinstance(arm.get("test"), dict) else {}
-        rows.append((name, len(arm.get("seeds") or []), *(interval(test.get(s)) for s in splits),
-                     interval((arm.get("delta_vs_static") or {}).get("all"))))
-        mean_all = number((test.get("all") or {}).get("mean"))
-        if mean_all is not None and mean_all > best_all:
-            best_name, best_all = name, mean_all
-    section.parts.append(heading("Held-out reward per arm: mean over seeds [95% bootstrap CI]"))
-    section.parts.append(table(["arm", "seeds", *splits, "Δ vs static, all"], rows))
-    section.highlights.append(f"{len(arms)} arms")
-    if best_name is not None:
-        section.highlights.append(f"best all: {best_name} {best_all:.3f}")
+    for task, theta, arms in tasks:
+        splits = list(next((a["test"] for a in arms.values() if isinstance(a.get("test"), dict)), {}))
+        start = [f"{theta[s]:.3f}" if number(theta.get(s)) is not None else "–" for s in splits]
+        rows = [("θ0 (start)", "", *start, "")] if theta else []
+        best_name, best_all = None, -math.inf
+        for name, arm in arms.items():
+            if not isinstance(arm, dict):
+                continue
+            test = arm.get("test") if isinstance(arm.get("test"), dict) else {}
+            rows.append((name, len(arm.get("seeds") or []), *(interval(test.get(s)) for s in splits),
+                         interval((arm.get("delta_vs_static") or {}).get("all"))))
+            mean_all = number((test.get("all") or {}).get("mean"))
+            if mean_all is not None and mean_all > best_all:
+                best_name, best_all = name, mean_all
+        title = f"{task}: held-out reward per arm" if task else "Held-out reward per arm"
+        section.parts.append(heading(f"{title}: mean over seeds [95% bootstrap CI; none below 3 seeds]"))
+        section.parts.append(table(["arm", "seeds", *splits, "Δ vs static, all"], rows))
+        section.highlights.append(f"{task + ': ' if task else ''}{len(arms)} arms")
+        if best_name is not None:
+            section.highlights.append(f"{task + ' ' if task else ''}best all: {best_name} {best_all:.3f}")
     for png in sorted(run.path.glob("*.png"))[:MAX_BENCH_PLOTS]:  # the bench's own plots, as it drew them
         section.parts.append(embed_png(base64.b64encode(png.read_bytes()).decode("ascii"), png.name))
     return section
