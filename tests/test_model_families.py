@@ -6,7 +6,8 @@ For every family: the fused forward (openrlhf_eva.solve.fused_actor) against ups
 `Actor.forward`, log-probs and every parameter's gradient in fp32; which path it takes (printed
 once per Actor); `train_rloo` for two steps and one creator step (`openrlhf_eva.evolve`) with it.
 For Llama, Gemma-2 and Qwen2: one `train_dpo --eva.fused_logprobs` step for every loss, whose
-every forward is checked against upstream's on the same batch.
+every forward is checked against upstream's on the same batch; and Gemma-2 at ZeRO-3, fused
+against unfused.
 
 The configs make the families' differences matter: weights drawn with std 0.2 give logits of a
 few nats, Gemma's soft cap (3.0) bends them, Cohere's logit_scale and Granite's logits_scaling
@@ -221,11 +222,21 @@ def pairs_file(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("loss", list(DPO_LOSSES))
-@pytest.mark.parametrize("name", ["llama", "gemma2", "qwen2"])
-def test_train_dpo_step_with_fused_logprobs(models, pairs_file, tmp_path, one_rank, checked_fused_forward, capsys,
-                                            name, loss):
+def dpo_argv(model: str, pairs: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model.model_name_or_path", model, "--data.dataset", pairs,
+        "--data.prompt_key", "prompt", "--data.chosen_key", "chosen", "--data.rejected_key", "rejected",
+        "--data.apply_chat_template", "--data.max_len", "64",
+        "--train.micro_batch_size", "4", "--train.batch_size", "4", "--train.max_epochs", "1",
+        "--adam.lr", "1e-3", "--lr_warmup_ratio", "0", "--ds.zero_stage", "0", "--ds.param_dtype", "bf16",
+        "--ds.attn_implementation", "sdpa", "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def dpo_logs(monkeypatch):
+    """Every logs_dict upstream DPOTrainer.fit() saves (one per optimizer step)."""
     from openrlhf.trainer.dpo_trainer import DPOTrainer
 
     logs = []
@@ -235,25 +246,43 @@ def test_train_dpo_step_with_fused_logprobs(models, pairs_file, tmp_path, one_ra
         logs.append(dict(logs_dict))
         return original(self, args, global_step, step_bar, logs_dict, client_states)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DPOTrainer, "save_logs_and_checkpoints", record)
-        train_dpo.main([
-            "--model.model_name_or_path", models[name], "--data.dataset", pairs_file,
-            "--data.prompt_key", "prompt", "--data.chosen_key", "chosen", "--data.rejected_key", "rejected",
-            "--data.apply_chat_template", "--data.max_len", "64",
-            "--train.micro_batch_size", "4", "--train.batch_size", "4", "--train.max_epochs", "1",
-            "--adam.lr", "1e-3", "--lr_warmup_ratio", "0", "--ds.zero_stage", "0", "--ds.param_dtype", "bf16",
-            "--ds.attn_implementation", "sdpa", "--ckpt.output_dir", str(tmp_path / "model"),
-            "--ckpt.path", str(tmp_path / "ckpt"), "--eva.fused_logprobs", *DPO_LOSSES[loss],
-        ])  # fmt: skip
+    monkeypatch.setattr(DPOTrainer, "save_logs_and_checkpoints", record)
+    return logs
+
+
+@pytest.mark.slow
+def test_train_dpo_zero3_fused_step_matches_unfused(models, pairs_file, tmp_path, monkeypatch, dpo_logs, capsys):
+    """ZeRO-3 partitions lm_head (here tied to the embedding, Gemma-2): the fused op runs as
+    lm_head's forward, so DeepSpeed gathers the weight for it and takes its gradient."""
+    runs = {}
+    for fused in (False, True):
+        for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT=str(free_port())).items():
+            monkeypatch.setenv(name, value)
+        leave_no_process_group()
+        extra = ["--ds.zero_stage", "3", *(["--eva.fused_logprobs"] if fused else [])]
+        train_dpo.main(dpo_argv(models["gemma2"], pairs_file, tmp_path / str(fused), *extra))
+        leave_no_process_group()
+        runs[fused] = dpo_logs.pop()
+    assert "Gemma2ForCausalLM -> fused lm_head + log-probs" in capsys.readouterr().out
+    for key in ("loss", "grad_norm", "chosen_reward", "reject_reward"):
+        assert runs[True][key] == pytest.approx(runs[False][key], rel=2e-2, abs=1e-4), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", list(DPO_LOSSES))
+@pytest.mark.parametrize("name", ["llama", "gemma2", "qwen2"])
+def test_train_dpo_step_with_fused_logprobs(models, pairs_file, tmp_path, one_rank, checked_fused_forward, dpo_logs,
+                                            capsys, name, loss):
+    train_dpo.main(dpo_argv(models[name], pairs_file, tmp_path, "--eva.fused_logprobs", *DPO_LOSSES[loss]))
     reference_free = loss in ("simpo", "orpo")
     # policy and (unless reference-free) reference: one forward each, both fused and checked
     assert len(checked_fused_forward) == (1 if reference_free else 2)
     assert max(checked_fused_forward) <= BF16_LOGP_ATOL, checked_fused_forward
     assert "-> fused lm_head + log-probs" in capsys.readouterr().out
     print(f"{name} {loss}: max |d logp| per token, fused vs upstream (bf16): {max(checked_fused_forward):.3f}")
-    assert len(logs) == 1 and torch.isfinite(torch.tensor([logs[0]["loss"], logs[0]["grad_norm"]])).all()
-    assert logs[0]["grad_norm"] > 0
+    assert len(dpo_logs) == 1 and torch.isfinite(torch.tensor([dpo_logs[0]["loss"], dpo_logs[0]["grad_norm"]])).all()
+    assert dpo_logs[0]["grad_norm"] > 0
 
 
 def rloo_argv(model: str, seeds: str, out: Path) -> list[str]:

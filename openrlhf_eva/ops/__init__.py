@@ -36,13 +36,13 @@ Integration notes (for the `--eva.fused_logprobs` wiring)
     * ZeRO-3: the weight passed in must be the gathered one, and autograd must be able to
       hand its gradient to a gathered Parameter. Both hold when the call happens inside the
       forward of a module that the DeepSpeed engine wraps. OpenRLHF's strategy wraps the HF
-      model, not the Actor, so Actor.forward is *not* such a place (fused_actor sends ZeRO-3
-      to upstream's forward); a module of one's own that the engine wraps is:
+      model, not the Actor, so Actor.forward is *not* such a place: fused_actor runs the op as
+      lm_head's own forward (its module hooks gather the weight). In a module of one's own:
           logp = fused_linear_logprobs(hidden, self.model.lm_head.weight, labels, temperature=T)
       Reading `lm_head.weight` there makes DeepSpeed gather it (ZeROOrderedDict registers it as
       an external parameter of the running module) and gather it again for backward, so the
       gradient lands on a full-shape Parameter. Pass the Parameter itself, not `.data`.
-      The Function keeps `weight.detach()`, an alias of the storage gathered at forward, and
+      The op keeps `weight.detach()`, an alias of the storage gathered at forward, and
       its backward recomputes from that alias: it never reads the Parameter, whatever
       DeepSpeed did to `.data` in between (cost: the V x H weight stays alive until backward).
       `deepspeed.zero.GatheredParameters([w])` around a call *outside* any engine module is

@@ -8,12 +8,12 @@ Exact or refused, per model family: the fused path runs only for the families wh
 `*ForCausalLM.forward` (transformers 5.15) is read below, with their logit post-processing
 (Gemma-2/3 final-logit soft-capping, Cohere's logit_scale, Granite's logits_scaling) done inside
 the op. Everything else (unknown families, packed samples, ring attention, entropy, logits asked
-for, VLMs, an lm_head carrying LoRA, ZeRO-3) goes to upstream's forward unchanged. Each Actor prints one
+for, VLMs, an lm_head carrying LoRA) goes to upstream's forward unchanged. Each Actor prints one
 line per path it takes, with the reason. LoRA (peft) models run their LoRA-injected backbone.
 MoE models add the router's load-balancing loss as upstream's forward does.
-OpenRLHF's strategy wraps the HF model (not the Actor) in the DeepSpeed engine, so this call runs
-outside the engine's module and a ZeRO-3-partitioned lm_head cannot be gathered for it (see
-openrlhf_eva/ops/__init__.py): ZeRO-3 takes upstream's forward.
+OpenRLHF's strategy wraps the HF model (not the Actor) in the DeepSpeed engine; the fused op runs
+as lm_head's forward, so that ZeRO-3 gathers lm_head's weight for it in forward and again in
+backward (see openrlhf_eva/ops/__init__.py).
 """
 
 from __future__ import annotations
@@ -63,10 +63,6 @@ def model_plan(model: torch.nn.Module):
     if not isinstance(head, torch.nn.Linear):
         # peft's lora.Linear (or a modules_to_save wrapper): lm_head's output is not x @ W^T.
         return f"lm_head is a {type(head).__module__}.{type(head).__name__}, not a plain torch Linear"
-    if hasattr(head.weight, "ds_status"):
-        # Gathered only while lm_head's own forward (or the engine's module's) runs, and this
-        # call sits in Actor.forward, outside the engine.
-        return "ZeRO-3 partitions lm_head's weight"
     backbone = causal.base_model
     if backbone is causal:
         return f"{type(causal).__name__} has no separate backbone"
@@ -137,10 +133,23 @@ def fused_forward(
     hidden = out[0]
     labels = torch.roll(sequences, shifts=-1, dims=1)  # the next token, as upstream's rolled_sequences
     batch, seqlen, width = hidden.shape
-    log_probs = fused_linear_logprobs(
-        hidden.reshape(-1, width), head.weight, labels.reshape(-1), bias=head.bias, temperature=self.temperature,
-        logit_scale=logit_scale, softcap=softcap,
-    ).view(batch, seqlen)[:, :-1]
+
+    def fused_head(flat_hidden):
+        return fused_linear_logprobs(flat_hidden, head.weight, labels.reshape(-1), bias=head.bias,
+                                     temperature=self.temperature, logit_scale=logit_scale, softcap=softcap)
+
+    # Through lm_head's own __call__, so that under ZeRO-3 DeepSpeed's module hooks gather its
+    # weight for this forward and again for its backward (the op keeps the gathered storage, see
+    # openrlhf_eva/ops); elsewhere the hooks are absent and this is a plain call.
+    previous = head.__dict__.get("forward")
+    head.forward = fused_head
+    try:
+        log_probs = head(hidden.reshape(-1, width)).view(batch, seqlen)[:, :-1]
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
 
     output = MoeCausalLMOutputWithPast()
     if routed:  # what the MoE *ForCausalLM.forward returns as aux_loss (upstream's trainers read it)
