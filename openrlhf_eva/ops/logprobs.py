@@ -344,7 +344,7 @@ def _fused_backward(grad_out, hidden, w, b, labels, row_max, row_logsum, tempera
     grad_h = None
     if need_h:
         grad_h = torch.zeros((n, H), dtype=acc, device=h2.device) if sliced else torch.empty_like(h2)
-    grad_w = torch.empty_like(w) if need_w else None
+    grad_w = (torch.empty_like(w) if n else torch.zeros_like(w)) if need_w else None  # no tiles: no writes
     dw_buffer = None
     if need_w and chunked:
         dw_buffer = torch.empty((min(cols, V), H), dtype=acc, device=w.device) if acc != w.dtype else None

@@ -374,6 +374,18 @@ def test_logits_op_never_allocates_fp32_n_by_v_for_bf16(monkeypatch):
     assert mode.largest[torch.bfloat16] == N * V  # the gradient, which the caller asked for
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_without_tokens_gives_zero_gradients(backend):
+    h = torch.randn(0, 4, requires_grad=True)
+    w = torch.randn(9, 4, requires_grad=True)
+    b = torch.randn(9, requires_grad=True)
+    with backend_env(backend):
+        out = fused_linear_logprobs(h, w, torch.zeros(0, dtype=torch.long), bias=b, backend=backend)
+        out.sum().backward()
+    assert out.shape == (0,) and h.grad.shape == (0, 4)
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
 def test_weight_gradient_needs_no_fp32_v_by_h():
     """dW by vocabulary slices: besides the bf16 [V, H] gradient itself, nothing larger than one
     [cols, H] fp32 buffer or one [rows, cols] tile (the old accumulator was fp32 [V, H])."""
