@@ -34,14 +34,17 @@ needs a critic). Each either works with upstream's meaning or is refused by name
                   eval_<datasource>_pass1 / _pass<n> / _response_length_mean / _truncated_rate in
                   that step's eva_metrics.jsonl line and the trackers), --ckpt.best_metric_key
                   (best_global_step<N> checkpoints), --ckpt.save_hf (<ckpt.path>/<tag>_hf),
-                  --ckpt.disable_ds; --algo.dynamic_filtering_enable/_range (one rank).
+                  --ckpt.disable_ds; --algo.dynamic_filtering_enable/_range (one rank); vLLM
+                  rollouts: --vllm.num_engines (= the world size: one colocated engine per rank),
+                  --vllm.gpu_memory_utilization, --vllm.enable_sleep, --vllm.enforce_eager,
+                  --vllm.tensor_parallel_size 1 (openrlhf_eva.solve.vllm_rollout).
                   Accepted as what always happens here: --train.colocate_actor_ref,
                   --train.colocate_all (every model shares each rank's device),
                   --data.dataloader_num_workers (prompts are held in memory).
     refused       openrlhf_eva.train_rloo_flags.REFUSED, each with its reason and
                   openrlhf_eva.train_ppo_ray as the entry point that has it: --critic.* and
-                  --algo.advantage.lambd (no critic), --vllm.* (except --vllm.num_engines 0),
-                  --rollout.vllm_generate_batch_size, --ds.enable_sleep (no vLLM), the Ray
+                  --algo.advantage.lambd (no critic), --vllm.sync_*/enable_prefix_caching,
+                  --rollout.vllm_generate_batch_size, --ds.enable_sleep (Ray engines), the Ray
                   placement flags (--{actor,ref,reward}.num_nodes/_num_gpus_per_node), IS correction
                   (--algo.advantage.is_correction_*), async (--train.async_*,
                   --train.partial_rollout_enable), packing and dynamic batches, tensor/ring
@@ -156,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rank by rank)")
     add("--ds.param_dtype", default="bf16", choices=["bf16", "fp16"])
     add("--ds.attn_implementation", default="flash_attention_2")
+    # vLLM: one engine colocated with each rank's policy (solve/vllm_rollout.py), upstream's names/defaults
+    add("--vllm.num_engines", type=int, default=None, help="one per rank (the world size), or 0/unset: HF generate")
+    add("--vllm.tensor_parallel_size", type=int, default=1, help="1: each rank's engine holds the whole model")
+    add("--vllm.gpu_memory_utilization", type=float, default=0.95, help="share of the GPU the engine may take")
+    add("--vllm.enable_sleep", action="store_true", default=False, help="the engine sleeps while the policy trains")
+    add("--vllm.enforce_eager", action="store_true", default=False, help="no CUDA graphs in the engine")
     add("--ds.experts_implementation", default=None, choices=["eager", "batched_mm", "grouped_mm", "deepgemm"],
         help="MoE expert kernels, passed to from_pretrained")
     add("--ds.use_liger_kernel", action="store_true", default=False, help="Liger kernels (needs liger-kernel)")
@@ -338,6 +347,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      "it needs --eva.solver online_dpo")
     if args.eva.evolver_url and not args.eva.evolver_model:
         parser.error("--eva.evolver_url needs --eva.evolver_model, the served model's name")
+    if args.vllm.tensor_parallel_size != 1:
+        parser.error(f"--vllm.tensor_parallel_size {args.vllm.tensor_parallel_size}: each rank's colocated engine "
+                     "holds the whole model, and the in-process weight copy loads whole tensors; tensor-parallel "
+                     f"engines: use openrlhf_eva.train_ppo_ray")
+    if args.vllm.num_engines and args.ds.lora.rank > 0:
+        parser.error("--vllm.num_engines copies full weights into the engine: merge-free LoRA sync is not "
+                     "implemented here, drop --ds.lora.rank or the engine")
+    if args.vllm.num_engines and importlib.util.find_spec("vllm") is None:
+        from openrlhf_eva.solve.vllm_rollout import INSTALL
+
+        parser.error(f"--vllm.num_engines {args.vllm.num_engines} needs vLLM, which is not installed: {INSTALL}")
     for flag, module, package in (("--ds.load_in_4bit", "bitsandbytes", "bitsandbytes"),
                                   ("--ds.use_liger_kernel", "liger_kernel", "liger-kernel"),
                                   ("--use_ms", "modelscope", "modelscope")):
@@ -589,6 +609,22 @@ class OnlineTrainer:
         self.metrics_path = os.path.join(args.ckpt.output_dir, METRICS_FILE)
         self.children_path = os.path.join(args.ckpt.output_dir, CHILDREN_FILE)
         self.trackers = []
+        self.engine = None
+        if args.vllm.num_engines:
+            if args.vllm.num_engines != self.world_size:
+                raise ValueError(f"--vllm.num_engines {args.vllm.num_engines}: train_rloo colocates one engine with "
+                                 f"each of the {self.world_size} ranks, so it must be {self.world_size} (or 0: "
+                                 "HF generate); more engines than ranks: use openrlhf_eva.train_ppo_ray")
+            from openrlhf_eva.solve.vllm_rollout import ColocatedVLLMEngine
+
+            # Built after the policy, so vLLM sizes its KV cache from what DeepSpeed left free; the
+            # engine's own seed only matters for requests without one (every rollout carries one).
+            self.engine = ColocatedVLLMEngine(
+                pretrain, dtype={"bf16": "bfloat16", "fp16": "float16"}[args.ds.param_dtype],
+                seed=step_seed(args.train.seed, 0, self.rank), enable_sleep=args.vllm.enable_sleep,
+                gpu_memory_utilization=args.vllm.gpu_memory_utilization,
+                enforce_eager=args.vllm.enforce_eager, max_model_len=args.data.max_len)
+            self.engine.sleep()
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         gathered = [None] * self.world_size
@@ -652,10 +688,17 @@ class OnlineTrainer:
         max_new_tokens = args.rollout.max_new_tokens or args.data.max_len - max(
             len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
         seed = step_seed(args.train.seed + 7_777_777 * attempt, step, self.rank)
-        experience = online.generate(
-            self.actor.model.module, tokenizer, prompts, n, max_new_tokens=max_new_tokens,
-            temperature=args.rollout.temperature, top_p=args.rollout.top_p, seed=seed,
-            prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+        sampling = dict(max_new_tokens=max_new_tokens, temperature=args.rollout.temperature, top_p=args.rollout.top_p,
+                        seed=seed, prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+        if self.engine is None:
+            experience = online.generate(self.actor.model.module, tokenizer, prompts, n, **sampling)
+        else:
+            # The policy changed since the engine's last load (an optimizer step, or a resume from a
+            # checkpoint): copy it in before generating; a dynamic-filtering refill reuses the load.
+            self.engine.wake_up()
+            self.engine.load_policy_weights(self.actor.model.module, step)
+            experience = self.engine.generate(tokenizer, prompts, n, **sampling)
+            self.engine.sleep()
         rollout_seconds = time.perf_counter() - started
 
         rollouts = online.to_rollouts(experience, tokenizer, prompts, n)

@@ -1,7 +1,7 @@
 """Upstream flag parity for `openrlhf_eva.train_rloo`: the refused flags, and upstream's datasets.
 
 train_rloo is one process per rank, each its own controller: rollouts with HF `generate` on the
-policy being trained, no Ray, no vLLM, no critic. An OpenRLHF config written for `train_ppo_ray`
+policy being trained or with one colocated vLLM engine per rank, no Ray, no critic. An OpenRLHF config written for `train_ppo_ray`
 must still parse, so every upstream flag is declared here or in `train_rloo.build_parser`. A
 refused flag left at upstream's default is harmless; set to anything else, it stops the run with
 its reason and the entry point that has it (`check_refused_flags`). The contract test
@@ -23,7 +23,8 @@ from openrlhf_eva.creator import read_prompts
 RAY = "openrlhf_eva.train_ppo_ray"
 
 NEEDS_CRITIC = f"needs a critic (GAE), which this trainer does not have: use {RAY}"
-NEEDS_VLLM = f"rollouts here use HF generate on the policy itself; vLLM engines: use {RAY}"
+NEEDS_VLLM = (f"rollouts here use HF generate or one colocated vLLM engine per rank (--vllm.num_engines), "
+              f"whose weights are copied in-process; Ray engines and their weight sync: use {RAY}")
 RAY_PLACEMENT = (f"Ray placement: here every rank holds every model, and the launcher (deepspeed --num_gpus / "
                  f"--num_nodes, torchrun --nproc_per_node) sets the ranks; Ray placement: use {RAY}")
 IS_CORRECTION = ("corrects the vLLM-vs-DeepSpeed log-prob mismatch; here the trained model samples its own "
@@ -53,10 +54,8 @@ REFUSED_GROUPS = [
         ("--critic.max_norm", 1.0, float, None),
     ]),
     (NEEDS_VLLM, [
-        ("--vllm.num_engines", None, int, None), ("--vllm.tensor_parallel_size", 1, int, None),
         ("--vllm.sync_backend", "nccl", str, None), ("--vllm.sync_with_ray", False, bool, None),
-        ("--vllm.enable_prefix_caching", False, bool, None), ("--vllm.enforce_eager", False, bool, None),
-        ("--vllm.enable_sleep", False, bool, None), ("--vllm.gpu_memory_utilization", 0.95, float, None),
+        ("--vllm.enable_prefix_caching", False, bool, None),
         ("--rollout.vllm_generate_batch_size", None, int, None), ("--ds.enable_sleep", False, bool, None),
     ]),
     (RAY_PLACEMENT, [
@@ -90,7 +89,7 @@ REFUSED_GROUPS = [
 ]
 REFUSED = {flag: reason for reason, specs in REFUSED_GROUPS for flag, *_ in specs}
 # Values other than the default that mean "this feature off", which is what train_rloo does anyway.
-ALSO_ACCEPTED = {"--vllm.num_engines": (0,)}  # upstream: "set to 0 to disable vLLM"
+ALSO_ACCEPTED: dict = {}
 
 
 def add_refused_flags(parser: argparse.ArgumentParser) -> None:

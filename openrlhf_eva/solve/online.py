@@ -82,7 +82,12 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int, *, max_new_tokens
             model.config.output_router_logits = router_logits
     # Experiences live on the CPU, as upstream's do; micro-batches move to the device for training.
     enc, out = enc.to("cpu"), out.cpu()
-    response = out[:, enc["input_ids"].shape[1]:]
+    return experience_from_tokens(enc, out[:, enc["input_ids"].shape[1]:], tokenizer, prompts, n)
+
+
+def experience_from_tokens(enc, response: torch.Tensor, tokenizer, prompts: Sequence[str], n: int) -> Experience:
+    """The Experience of left-padded prompts ``enc`` and their n right-padded ``response`` rows each:
+    one layout for HF generate and the vLLM engine (solve/vllm_rollout.py), so training cannot tell them apart."""
     is_eos = response == tokenizer.eos_token_id
     # Tokens after the first eos are padding (generate pads finished rows, possibly with eos itself).
     action_mask = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0

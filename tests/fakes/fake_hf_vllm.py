@@ -235,3 +235,88 @@ class FakeHFAsyncLLMEngine:
                 max_new_tokens=max_tokens, min_new_tokens=min(params.min_tokens, max_tokens),
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id, **sampling)
         return output[0, len(prompt_ids):].tolist()
+
+
+class FakeHFLLM:
+    """vllm.LLM (vLLM 0.29's offline engine) over a transformers model on CPU, for train_rloo's
+    colocated rollouts (openrlhf_eva/solve/vllm_rollout.py, tests/test_train_rloo_vllm.py).
+
+    The surface that module uses: the constructor's keywords (an unknown one is a TypeError),
+    `generate(prompts, sampling_params, use_tqdm)` with token-id prompts and one SamplingParams,
+    `sleep(level)`, `wake_up(tags)`, and the in-process weight path
+    `llm_engine.model_executor.driver_worker.worker.model_runner.model.load_weights(weights)`.
+    Generating or loading weights while asleep raises, as both would fail or corrupt on a real engine.
+
+    Not vLLM's sampler: all prompts go through one left-padded HF `generate` with
+    num_return_sequences=n under `torch.manual_seed(seed)`, the exact call openrlhf_eva.solve.online
+    makes, so that with equal weights the two paths sample equal tokens. `calls` lists every
+    sleep/wake_up/load_weights/generate in order, for the test to check the engine's life cycle.
+    """
+
+    def __init__(self, model: str, *, dtype: str = "auto", seed: int = 0, gpu_memory_utilization: float = 0.9,
+                 enable_sleep_mode: bool = False, enforce_eager: bool = False, tensor_parallel_size: int = 1,
+                 max_model_len: Optional[int] = None, distributed_executor_backend: Optional[str] = None) -> None:
+        from transformers import AutoTokenizer
+
+        if tensor_parallel_size != 1:
+            raise ValueError("FakeHFLLM has one worker: tensor_parallel_size 1")
+        self.init_kwargs = dict(dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                                enable_sleep_mode=enable_sleep_mode, enforce_eager=enforce_eager,
+                                max_model_len=max_model_len, distributed_executor_backend=distributed_executor_backend)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = FakeHFModel(model, torch.float32 if dtype == "auto" else getattr(torch, dtype))
+        self.sleeping, self.calls = False, []
+        loader = self
+
+        class WeightGuard:  # the engine's model, refusing weights while they sleep
+            def load_weights(self, weights):
+                if loader.sleeping:
+                    raise RuntimeError("FakeHFLLM: load_weights while the engine sleeps: wake_up() first")
+                loader.calls.append("load_weights")
+                return loader.model.load_weights(weights)
+
+        worker = type("Worker", (), {"model_runner": type("ModelRunner", (), {"model": WeightGuard()})()})()
+        executor = type("Executor", (), {"driver_worker": type("WorkerWrapper", (), {"worker": worker})()})()
+        self.llm_engine = type("LLMEngine", (), {"model_executor": executor})()
+
+    def sleep(self, level: int = 1) -> None:
+        if not self.init_kwargs["enable_sleep_mode"]:
+            raise ValueError("Sleep mode is not enabled: create the LLM with enable_sleep_mode=True")
+        if level != 1:
+            raise NotImplementedError(f"FakeHFLLM sleeps at level 1 (weights kept), not level {level}")
+        self.sleeping = True
+        self.calls.append("sleep")
+
+    def wake_up(self, tags: Optional[list] = None) -> None:
+        self.sleeping = False
+        self.calls.append("wake_up")
+
+    def generate(self, prompts: list, sampling_params: FakeSamplingParams, use_tqdm: bool = True) -> list:
+        if self.sleeping:
+            raise RuntimeError("FakeHFLLM.generate while the engine sleeps: call wake_up() first")
+        if isinstance(sampling_params, list) or sampling_params.seed is None:
+            raise NotImplementedError("FakeHFLLM samples one batch under one seed: a single seeded SamplingParams")
+        self.calls.append("generate")
+        ids = [list(prompt["prompt_token_ids"]) for prompt in prompts]
+        width, pad, eos = max(map(len, ids)), self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])
+        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
+        params = sampling_params
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(params.seed)
+            out = self.model.hf.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True,
+                                         temperature=params.temperature, top_p=params.top_p,
+                                         max_new_tokens=params.max_tokens, num_return_sequences=params.n,
+                                         use_cache=True, pad_token_id=pad, eos_token_id=eos)
+        outputs = []
+        for i, prompt_ids in enumerate(ids):
+            completions = []
+            for j in range(params.n):
+                row = out[i * params.n + j, width:].tolist()
+                stop = row.index(eos) + 1 if eos in row else len(row)  # vLLM keeps the eos, nothing after it
+                completions.append(FakeCompletionOutput(
+                    index=j, text=self.tokenizer.decode(row[:stop], skip_special_tokens=params.skip_special_tokens),
+                    token_ids=row[:stop], finish_reason="stop" if eos in row else "length"))
+            outputs.append(FakeRequestOutput(request_id=str(i), prompt=None, prompt_token_ids=prompt_ids,
+                                             prompt_logprobs=None, outputs=completions, finished=True))
+        return outputs

@@ -1,0 +1,119 @@
+"""train_rloo with --vllm.num_engines: one colocated engine per rank (openrlhf_eva/solve/vllm_rollout.py).
+
+vLLM needs CUDA, so the engine here is FakeHFLLM (tests/fakes/fake_hf_vllm.py), importable as
+`vllm` from tests/fakes/hf_vllm: vLLM 0.29's offline `LLM` surface over an HF model that samples
+with the very call HF rollouts make. Everything else is real (DeepSpeed ZeRO-2 on gloo, the
+trainer, the checkpoint). So with equal seeds the vLLM path must train exactly like the HF path,
+and any difference is in the glue: weights not copied, copied late, or a layout that differs.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from openrlhf_eva.solve import vllm_rollout
+from openrlhf_eva.train_rloo import parse_args
+
+HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("test_train_rloo_shared", HERE / "test_train_rloo.py")
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
+tiny_run, run_in_process, read_metrics, without_timings = (
+    _shared.tiny_run, _shared.run_in_process, _shared.read_metrics, _shared.without_timings)
+
+# pg with its two micro-batches, ZeRO-2, 3 steps with a checkpoint at step 2 for the resume.
+FLAGS = ["--eva.solver", "pg", "--train.batch_size", "16", "--train.micro_batch_size", "8", "--algo.kl.init_coef",
+         "0", "--ds.zero_stage", "2", "--eva.total_prompts", "12", "--ckpt.save_steps", "2"]
+VLLM = ["--vllm.num_engines", "1", "--vllm.enable_sleep", "--vllm.gpu_memory_utilization", "0.5"]
+PROBE = torch.tensor([[3, 11, 5, 17, 7, 2, 13]])  # token ids inside the tiny vocabulary
+
+
+@pytest.fixture(scope="module")
+def fake_vllm():
+    """`import vllm` finds FakeHFLLM for this module's tests, and nothing of it stays behind."""
+    paths = [str(HERE / "fakes" / "hf_vllm"), str(HERE / "fakes")]
+    sys.path[:0] = paths
+    yield
+    del sys.path[:len(paths)]
+    for name in [name for name in sys.modules if name.split(".")[0] in ("vllm", "fake_vllm", "fake_hf_vllm")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_run, fake_vllm, tmp_path_factory):
+    """The HF run and the vLLM run of FLAGS, with the engine's logits next to the policy's at every load."""
+    root = tmp_path_factory.mktemp("rloo_vllm")
+    hf = run_in_process(tiny_run, root / "hf", *FLAGS)
+    loads = []
+    load_policy_weights = vllm_rollout.ColocatedVLLMEngine.load_policy_weights
+
+    def checked_load(engine, model, step):
+        load_policy_weights(engine, model, step)
+        with torch.no_grad():
+            loads.append((step, engine.llm.model.hf(PROBE).logits, model(PROBE).logits))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vllm_rollout.ColocatedVLLMEngine, "load_policy_weights", checked_load)
+        engine_run = run_in_process(tiny_run, root / "vllm", *FLAGS, *VLLM)
+    return hf, engine_run, loads, root
+
+
+def test_vllm_rollouts_train_exactly_like_hf_generate(runs):
+    hf, engine_run, _, root = runs
+    assert hf.engine is None and engine_run.engine is not None
+    assert engine_run.engine.llm.init_kwargs["gpu_memory_utilization"] == 0.5
+    hf_metrics, vllm_metrics = read_metrics(root / "hf"), read_metrics(root / "vllm")
+    assert [m["step"] for m in vllm_metrics] == [1, 2, 3]
+    assert without_timings(vllm_metrics) == without_timings(hf_metrics)
+    assert (root / "vllm" / "model" / "model.safetensors").read_bytes() == \
+        (root / "hf" / "model" / "model.safetensors").read_bytes()
+
+
+def test_the_engine_holds_the_policys_weights_at_every_rollout_and_sleeps_while_it_trains(runs):
+    _, engine_run, loads, _ = runs
+    assert [step for step, _, _ in loads] == [1, 2, 3]
+    for step, engine_logits, policy_logits in loads:
+        assert torch.equal(engine_logits, policy_logits), step
+    # each load brought weights the engine did not have: the optimizer steps reached it
+    assert not torch.equal(loads[0][1], loads[1][1]) and not torch.equal(loads[1][1], loads[2][1])
+    calls = engine_run.engine.llm.calls
+    parameters = len(list(engine_run.actor.model.module.parameters()))
+    one_step = ["wake_up", *["load_weights"] * parameters, "generate", "sleep"]
+    assert calls == ["sleep", *one_step * 3]  # asleep from its start, awake only to load and generate
+
+
+def test_a_resumed_vllm_run_repeats_its_last_step_exactly(runs, tiny_run):
+    """Resumed from the step-2 checkpoint, the engine (built from the initial model) must take the
+    checkpoint's weights before step 3, or step 3 samples with the wrong policy."""
+    _, _, _, root = runs
+    out = root / "vllm"
+    metrics, weights = read_metrics(out), (out / "model" / "model.safetensors").read_bytes()
+    resumed = run_in_process(tiny_run, out, *FLAGS, *VLLM, "--ckpt.load_enable")
+    assert resumed.engine.llm.calls.count("generate") == 1
+    assert without_timings(read_metrics(out)) == without_timings(metrics)
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
+
+
+def test_vllm_flags_refused_with_their_reason(tiny_run, fake_vllm, capsys):
+    base = ["--actor.model_name_or_path", tiny_run.model, "--data.prompt_dataset", tiny_run.seeds,
+            "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "2"]
+    assert parse_args([*base, *VLLM]).vllm.num_engines == 1
+    for flags, reason in ((["--vllm.tensor_parallel_size", "2"], "holds the whole model"),
+                          (["--vllm.num_engines", "1", "--ds.lora.rank", "4"], "copies full weights")):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *flags])
+        assert reason in capsys.readouterr().err
+
+
+def test_vllm_missing_is_one_line_naming_the_extra(tiny_run, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    base = ["--actor.model_name_or_path", tiny_run.model, "--data.prompt_dataset", tiny_run.seeds,
+            "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2", "--train.batch_size", "2"]
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--vllm.num_engines", "1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "needs vLLM, which is not installed" in error and "openrlhf-eva[gpu]" in error
