@@ -8,6 +8,8 @@ and any difference is in the glue: weights not copied, copied late, or a layout 
 """
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,3 +119,15 @@ def test_vllm_missing_is_one_line_naming_the_extra(tiny_run, monkeypatch, capsys
         parse_args([*base, "--vllm.num_engines", "1"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "needs vLLM, which is not installed" in error and "openrlhf-eva[gpu]" in error
+
+
+def test_the_gpu_recipe_passes_train_rloos_parser(fake_vllm):
+    """Every flag of examples/gpu/train_rloo_vllm.sh exists and passes train_rloo's checks."""
+    script = HERE.parent / "examples" / "gpu" / "train_rloo_vllm.sh"
+    for gpus in ("8", "1"):
+        printed = subprocess.run(["bash", str(script)], env={**os.environ, "DRY_RUN": "1", "GPUS": gpus}, check=True,
+                                 capture_output=True, text=True).stdout.splitlines()
+        args = parse_args(printed)
+        assert args.vllm.num_engines == int(gpus) and args.vllm.enable_sleep and args.vllm.tensor_parallel_size == 1
+        assert args.rollout.batch_size == 8 * int(gpus) and args.eva.evolver == "evol_instruct"
+        assert args.eva.metric == "A_avg" and args.ds.zero_stage == 2
