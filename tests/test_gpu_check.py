@@ -38,3 +38,20 @@ def test_gpu_check_training_commands_parse(tmp_path):
     args = parse_args(commands["train_rloo"][3:])
     assert args.eva.fused_logprobs and args.rollout.batch_size * 2 == int(args.eva.total_prompts)
     assert "--eva.fused_logprobs" in commands["train_dpo"] and commands["train_dpo"][2] == "openrlhf_eva.train_dpo"
+
+
+def test_gpu_check_rollout_bench_commands_parse_with_and_without_vllm(tmp_path, monkeypatch):
+    """Both arms of the rollout bench are valid train_rloo command lines; the vLLM one asks for one
+    colocated engine (vllm itself: the FakeHFLLM package, so that the parser's install check passes)."""
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "fakes"))
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "fakes" / "hf_vllm"))
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_check
+
+    from openrlhf_eva.train_rloo import parse_args
+
+    commands = gpu_check.rollout_bench_commands("model-dir", "seeds.jsonl", tmp_path)
+    hf, vllm = (parse_args(commands[arm][3:]) for arm in ("hf_generate", "vllm"))
+    assert hf.vllm.num_engines is None and vllm.vllm.num_engines == 1 and vllm.vllm.enable_sleep
+    assert hf.rollout.max_new_tokens == vllm.rollout.max_new_tokens == 128
+    assert hf.ckpt.output_dir != vllm.ckpt.output_dir

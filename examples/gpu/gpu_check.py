@@ -12,8 +12,12 @@
           time, extra peak memory, max error on 1024 rows against fp64, and the roofline fraction
           (useful FLOPs or minimal HBM bytes over the datasheet peak, whichever binds).
           Shapes run small to large until the time budget is spent; the rest is listed as skipped.
+4. rollout  `train_rloo` on a random Qwen2 shaped like Qwen2.5-0.5B, 3 steps with HF generate and 3
+          with `--vllm.num_engines 1 --vllm.enable_sleep` (a colocated vLLM engine): rollout
+          tokens/s and step time (medians of the steps after the first) for both, written to
+          examples/bench/rloo_rollout_cuda.json; the vLLM arm is skipped with one line without vllm.
 Writes examples/bench/logprobs_cuda.json and prints the table. A competitor that does not
-import is skipped with one line. Without CUDA, step 1 runs (its tests skip) and steps 2-3 are
+import is skipped with one line. Without CUDA, step 1 runs (its tests skip) and steps 2-4 are
 skipped with one line.
 
     python examples/gpu/gpu_check.py [--budget-s 480] [--out examples/bench/logprobs_cuda.json]
@@ -25,6 +29,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,6 +158,72 @@ def run_trainings() -> list[dict]:
     return results
 
 
+# --- rollouts: HF generate vs a colocated vLLM engine in train_rloo ------------------------------
+
+ROLLOUT_OUT = REPO / "examples" / "bench" / "rloo_rollout_cuda.json"
+
+
+def rollout_bench_commands(model: str, seeds: str, out: Path) -> dict:
+    """train_rloo with HF generate and with one vLLM engine: 3 batches of 8 prompts x 8, 128 new tokens."""
+    hf = [sys.executable, "-m", "openrlhf_eva.train_rloo", "--actor.model_name_or_path", model,
+          "--data.prompt_dataset", seeds, "--data.input_key", "prompt", "--data.label_key", "label",
+          "--data.apply_chat_template", "--data.max_len", "192",
+          "--reward.remote_url", str(REPO / "openrlhf_eva" / "embedded" / "reward_func.py"),
+          "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "8", "--rollout.max_new_tokens", "128",
+          "--rollout.micro_batch_size", "16", "--train.batch_size", "64", "--train.micro_batch_size", "16",
+          "--actor.adam.lr", "1e-6", "--algo.kl.init_coef", "0", "--eva.total_prompts", "24",
+          "--ds.zero_stage", "2", "--ds.param_dtype", "bf16", "--ds.attn_implementation", "sdpa"]
+    vllm = [*hf, "--vllm.num_engines", "1", "--vllm.enable_sleep", "--vllm.gpu_memory_utilization", "0.5"]
+    return {arm: [*cmd, "--ckpt.output_dir", str(out / arm), "--ckpt.path", str(out / f"{arm}_ckpt")]
+            for arm, cmd in (("hf_generate", hf), ("vllm", vllm))}
+
+
+def run_rollout_bench() -> dict:
+    import importlib.util
+
+    import transformers
+
+    from openrlhf_eva.creator import write_jsonl
+    from openrlhf_eva.embedded.data import make_seeds
+    from openrlhf_eva.embedded.model import build_tokenizer
+
+    report = {"model": "random Qwen2, Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14/2 heads, vocab 151936)"}
+    with tempfile.TemporaryDirectory(prefix="eva-gpu-rollout-") as tmp:
+        root = Path(tmp)
+        config = transformers.Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                          max_position_embeddings=4096, tie_word_embeddings=True,
+                                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "qwen2_05b")
+        build_tokenizer().save_pretrained(root / "qwen2_05b")
+        write_jsonl(root / "seeds.jsonl", make_seeds(24, seed=0))
+        for arm, cmd in rollout_bench_commands(str(root / "qwen2_05b"), str(root / "seeds.jsonl"), root).items():
+            if arm == "vllm" and importlib.util.find_spec("vllm") is None:
+                say("rollout bench: vllm is not installed here (pip install 'openrlhf-eva[gpu]'): its arm skipped")
+                report[arm] = {"skipped": "vllm not installed"}
+                continue
+            proc = subprocess.run(cmd, cwd=REPO, env=child_process_env(), capture_output=True, text=True,
+                                  timeout=600)
+            if proc.returncode != 0:
+                print((proc.stdout + proc.stderr)[-4000:])
+                report[arm] = {"returncode": proc.returncode}
+                continue
+            steps = [json.loads(line) for line in (root / arm / "eva_metrics.jsonl").read_text().splitlines()]
+            # the first step pays for compilation, CUDA graphs and the allocator's warm-up
+            tokens_per_s = [m["response_length_mean"] * 8 * 8 / m["timing/rollout"] for m in steps[1:]]
+            report[arm] = {"returncode": 0, "steps": len(steps),
+                           "rollout_tokens_per_s": round(statistics.median(tokens_per_s), 1),
+                           "step_seconds": round(statistics.median(m["timing/step"] for m in steps[1:]), 3),
+                           "rollout_seconds": round(statistics.median(m["timing/rollout"] for m in steps[1:]), 3)}
+            say(f"rollout bench {arm}: {report[arm]['rollout_tokens_per_s']} tokens/s, "
+                f"{report[arm]['step_seconds']} s a step")
+    report["environment"] = bench.environment(torch.device("cuda"))
+    ROLLOUT_OUT.write_text(json.dumps(report, indent=1) + "\n")
+    say(f"wrote {ROLLOUT_OUT}")
+    return report
+
+
 # --- benchmarks ----------------------------------------------------------------------------------
 
 
@@ -252,10 +323,11 @@ def main() -> int:
     started = time.time()
     report = {"tests": run_tests()}
     if not torch.cuda.is_available():
-        say("no CUDA device: the CUDA tests above skipped; the trainings and log-prob benchmarks need a GPU "
-            f"and were not run ({args.out} left as it is)")
+        say("no CUDA device: the CUDA tests above skipped; the trainings, log-prob benchmarks and the "
+            f"train_rloo rollout bench need a GPU and were not run ({args.out}, {ROLLOUT_OUT.name} left as they are)")
         return report["tests"]["returncode"]
     report["trainings"] = run_trainings()
+    rollout = run_rollout_bench()
     rows, skipped, peaks = run_benchmarks(started + args.budget_s - 15, args.reps)
     report.update(environment=bench.environment(torch.device("cuda")), peaks=peaks, results=rows,
                   skipped_shapes=skipped, seconds=round(time.time() - started, 1))
@@ -263,7 +335,8 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     say(f"wrote {args.out} after {report['seconds']} s")
     failed = report["tests"]["returncode"] != 0 or any(
-        r["returncode"] != 0 or not r["fused_path"] for r in report["trainings"])
+        r["returncode"] != 0 or not r["fused_path"] for r in report["trainings"]) or any(
+        arm.get("returncode", 0) != 0 for arm in (rollout["hf_generate"], rollout["vllm"]))
     return 1 if failed else 0
 
 
