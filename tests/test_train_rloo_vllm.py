@@ -131,3 +131,35 @@ def test_the_gpu_recipe_passes_train_rloos_parser(fake_vllm):
         assert args.vllm.num_engines == int(gpus) and args.vllm.enable_sleep and args.vllm.tensor_parallel_size == 1
         assert args.rollout.batch_size == 8 * int(gpus) and args.eva.evolver == "evol_instruct"
         assert args.eva.metric == "A_avg" and args.ds.zero_stage == 2
+
+
+@pytest.mark.slow
+def test_two_ranks_with_an_engine_each_hold_identical_buffers(tiny_run, tmp_path):
+    """deepspeed --num_gpus 2 on gloo, each rank with its own FakeHFLLM (vllm from PYTHONPATH) and the
+    programmatic evolver: every step both ranks' prompt buffers hash the same, and the buffer moves."""
+    port = _shared.free_port()
+    out = tmp_path / "two_ranks"
+    deepspeed = Path(sys.executable).with_name("deepspeed")
+    cmd = [
+        str(deepspeed), "--num_gpus", "2", "--master_port", str(port), "--module", "openrlhf_eva.train_rloo",
+        "--actor.model_name_or_path", tiny_run.model, "--data.prompt_dataset", tiny_run.seeds,
+        "--data.input_key", "prompt", "--data.label_key", "label", "--data.apply_chat_template",
+        "--data.max_len", "48", "--reward.remote_url", str(_shared.EMBEDDED / "reward_func.py"),
+        "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "8",
+        "--rollout.micro_batch_size", "16", "--train.batch_size", "16", "--train.micro_batch_size", "8",
+        "--actor.adam.lr", "1e-3", "--algo.kl.init_coef", "0", "--ds.zero_stage", "2",
+        "--eva.evolver", "task", "--eva.evolver_path", str(_shared.EMBEDDED / "evolve_func.py"),
+        "--eva.buffer_size", "16", "--eva.total_prompts", "12",
+        "--vllm.num_engines", "2", "--vllm.enable_sleep",
+        "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
+    ]
+    env = {**_shared.run_env(port),
+           "PYTHONPATH": os.pathsep.join([str(HERE / "fakes" / "hf_vllm"), str(HERE / "fakes"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "two_ranks.log"
+    with open(log, "w") as file:
+        proc = subprocess.run(cmd, stdout=file, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    hashes = [m["eva/buffer_hashes"] for m in read_metrics(out)]
+    assert len(hashes) == 3 and all(len(pair) == 2 and pair[0] == pair[1] for pair in hashes)
+    assert len({pair[0] for pair in hashes}) == 3
