@@ -693,10 +693,10 @@ class OnlineTrainer:
         if self.engine is None:
             experience = online.generate(self.actor.model.module, tokenizer, prompts, n, **sampling)
         else:
-            # The policy changed since the engine's last load (an optimizer step, or a resume from a
-            # checkpoint): copy it in before generating; a dynamic-filtering refill reuses the load.
+            # The engine must hold the policy trained on step - 1 batches: after an optimizer step or a
+            # resume it is copied in first; a dynamic-filtering refill reuses that load.
             self.engine.wake_up()
-            self.engine.load_policy_weights(self.actor.model.module, step)
+            self.engine.load_policy_weights(self.actor.model.module, step - 1)
             experience = self.engine.generate(tokenizer, prompts, n, **sampling)
             self.engine.sleep()
         rollout_seconds = time.perf_counter() - started
@@ -857,11 +857,16 @@ class OnlineTrainer:
             prompts = format_prompts(args, tokenizer, [p["prompt"] for p in part])
             max_new_tokens = args.rollout.max_new_tokens or args.data.max_len - max(
                 len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-            experience = online.generate(
-                self.actor.model.module, tokenizer, prompts, n, max_new_tokens=max_new_tokens,
-                temperature=args.eval.temperature, top_p=args.rollout.top_p,
-                seed=step_seed(args.train.seed, step, self.rank) + 2 + start,
-                prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+            sampling = dict(max_new_tokens=max_new_tokens, temperature=args.eval.temperature, top_p=args.rollout.top_p,
+                            seed=step_seed(args.train.seed, step, self.rank) + 2 + start,
+                            prompt_max_len=max(1, args.data.max_len - max_new_tokens))
+            if self.engine is None:
+                experience = online.generate(self.actor.model.module, tokenizer, prompts, n, **sampling)
+            else:  # after this step's update: the policy has trained on `step` batches
+                self.engine.wake_up()
+                self.engine.load_policy_weights(self.actor.model.module, step)
+                experience = self.engine.generate(tokenizer, prompts, n, **sampling)
+                self.engine.sleep()
             rewards = self.oracle.score(online.to_rollouts(experience, tokenizer, prompts, n), [p["label"] for p in part])
             lengths, truncated = experience.response_length.view(-1, n), experience.truncated.view(-1, n)
             rows += [(p["metadata"].get("datasource", "default"), rewards[i].tolist(), lengths[i].tolist(),

@@ -26,9 +26,11 @@ _spec.loader.exec_module(_shared)
 tiny_run, run_in_process, read_metrics, without_timings = (
     _shared.tiny_run, _shared.run_in_process, _shared.read_metrics, _shared.without_timings)
 
-# pg with its two micro-batches, ZeRO-2, 3 steps with a checkpoint at step 2 for the resume.
+# pg with its two micro-batches, ZeRO-2, 3 steps with a checkpoint at step 2 for the resume and an
+# eval (the training seeds, 2 samples each) after step 2.
 FLAGS = ["--eva.solver", "pg", "--train.batch_size", "16", "--train.micro_batch_size", "8", "--algo.kl.init_coef",
-         "0", "--ds.zero_stage", "2", "--eva.total_prompts", "12", "--ckpt.save_steps", "2"]
+         "0", "--ds.zero_stage", "2", "--eva.total_prompts", "12", "--ckpt.save_steps", "2", "--eval.steps", "2",
+         "--eval.n_samples_per_prompt", "2"]
 VLLM = ["--vllm.num_engines", "1", "--vllm.enable_sleep", "--vllm.gpu_memory_utilization", "0.5"]
 PROBE = torch.tensor([[3, 11, 5, 17, 7, 2, 13]])  # token ids inside the tiny vocabulary
 
@@ -48,7 +50,7 @@ def fake_vllm():
 def runs(tiny_run, fake_vllm, tmp_path_factory):
     """The HF run and the vLLM run of FLAGS, with the engine's logits next to the policy's at every load."""
     root = tmp_path_factory.mktemp("rloo_vllm")
-    hf = run_in_process(tiny_run, root / "hf", *FLAGS)
+    hf = run_in_process(tiny_run, root / "hf", *FLAGS, "--eval.dataset", tiny_run.seeds)
     loads = []
     load_policy_weights = vllm_rollout.ColocatedVLLMEngine.load_policy_weights
 
@@ -59,7 +61,7 @@ def runs(tiny_run, fake_vllm, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(vllm_rollout.ColocatedVLLMEngine, "load_policy_weights", checked_load)
-        engine_run = run_in_process(tiny_run, root / "vllm", *FLAGS, *VLLM)
+        engine_run = run_in_process(tiny_run, root / "vllm", *FLAGS, *VLLM, "--eval.dataset", tiny_run.seeds)
     return hf, engine_run, loads, root
 
 
@@ -69,6 +71,7 @@ def test_vllm_rollouts_train_exactly_like_hf_generate(runs):
     assert engine_run.engine.llm.init_kwargs["gpu_memory_utilization"] == 0.5
     hf_metrics, vllm_metrics = read_metrics(root / "hf"), read_metrics(root / "vllm")
     assert [m["step"] for m in vllm_metrics] == [1, 2, 3]
+    assert [any(key.startswith("eval_") for key in m) for m in vllm_metrics] == [False, True, False]
     assert without_timings(vllm_metrics) == without_timings(hf_metrics)
     assert (root / "vllm" / "model" / "model.safetensors").read_bytes() == \
         (root / "hf" / "model" / "model.safetensors").read_bytes()
@@ -76,15 +79,19 @@ def test_vllm_rollouts_train_exactly_like_hf_generate(runs):
 
 def test_the_engine_holds_the_policys_weights_at_every_rollout_and_sleeps_while_it_trains(runs):
     _, engine_run, loads, _ = runs
-    assert [step for step, _, _ in loads] == [1, 2, 3]
+    # trained batches at each call: rollouts 1, 2 (0, 1 batches), the eval after step 2 (2, in two
+    # calls of 4 prompts), rollout 3 (2): only the first of each number copies weights
+    assert [step for step, _, _ in loads] == [0, 1, 2, 2, 2]
     for step, engine_logits, policy_logits in loads:
         assert torch.equal(engine_logits, policy_logits), step
-    # each load brought weights the engine did not have: the optimizer steps reached it
+    # each new load brought weights the engine did not have: the optimizer steps reached it
     assert not torch.equal(loads[0][1], loads[1][1]) and not torch.equal(loads[1][1], loads[2][1])
     calls = engine_run.engine.llm.calls
     parameters = len(list(engine_run.actor.model.module.parameters()))
-    one_step = ["wake_up", *["load_weights"] * parameters, "generate", "sleep"]
-    assert calls == ["sleep", *one_step * 3]  # asleep from its start, awake only to load and generate
+    loaded = ["wake_up", *["load_weights"] * parameters, "generate", "sleep"]
+    reused = ["wake_up", "generate", "sleep"]
+    # asleep from its start, awake only to load and generate
+    assert calls == ["sleep", *loaded, *loaded, *loaded, *reused, *reused]
 
 
 def test_a_resumed_vllm_run_repeats_its_last_step_exactly(runs, tiny_run):

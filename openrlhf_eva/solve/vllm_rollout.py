@@ -63,10 +63,11 @@ class ColocatedVLLMEngine:
             raise RuntimeError(f"the vLLM engine found no room at --vllm.gpu_memory_utilization "
                                f"{gpu_memory_utilization}{held}: lower it, or free memory (ZeRO offload, "
                                f"--ref.offload, a smaller --rollout.micro_batch_size) ({error})") from error
-        self.loaded_step = None
+        self.loaded_step = None  # the policy the engine holds, in trained batches (None: the model's files)
 
     def load_policy_weights(self, model: torch.nn.Module, step: int) -> None:
-        """Copy the policy's weights (named as its HF checkpoint) into the engine, once per ``step``.
+        """Copy the policy's weights (named as its HF checkpoint) into the engine, once per ``step``:
+        the number of rollout batches the policy has trained on.
 
         ZeRO-2 keeps whole parameters on every rank; under ZeRO-3 each one is gathered, loaded and
         released in turn (GatheredParameters is a no-op for a parameter DeepSpeed does not partition)."""
