@@ -48,8 +48,9 @@ patches-check: install
 demo: install
 	$(PY) -m openrlhf_eva.demo
 
-# eva-bench's full grid (2 solvers x 11 arms x 5 seeds, cached and resumable under runs/bench),
-# published to examples/bench/; then its HTML report.
+# eva-bench on both embedded families (RLOO and iterated DPO, the arms a user compares plus the
+# main ablations, 5 seeds; cached and resumable under runs/bench), published to examples/bench/;
+# then its HTML report.
 bench: install
 	$(PY) -m openrlhf_eva.bench --out runs/bench --publish examples/bench
 	$(PY) -m openrlhf_eva.report runs/bench

@@ -80,7 +80,7 @@ eva's own flags are `--eva.*`:
                                   openrlhf_eva.creator.DEFAULT_FILTERS; rejections per filter in
                                   eva/rejected_<filter> and on the console)
     --eva.seed_replay / --eva.frontier_quantile / --eva.frontier_window
-                                  curriculum control (default 0.25 / 0.25 / 8): the seeds' share
+                                  curriculum control (default 0.5 / 0.25 / 8): the seeds' share
                                   of every batch after the first seed pass, and the bar a prompt's
                                   mean reward must clear (a quantile of the recent seed prompts')
                                   to be evolved; see openrlhf_eva.creator.online

@@ -181,8 +181,8 @@ def test_state_round_trip_continues_exactly_and_refuses_other_versions_and_data(
         make_task().load_state_dict({**state, "buffer": {**state["buffer"], "version": 99}})
     with pytest.raises(ValueError, match="other prompts or settings.*seeds_fingerprint"):
         make().load_state_dict(state)
-    with pytest.raises(ValueError, match="other prompts or settings.*seed_replay: saved 0.25, now 0.5"):
-        make_task(seed_replay=0.5).load_state_dict(state)
+    with pytest.raises(ValueError, match="other prompts or settings.*seed_replay: saved 0.5, now 0.25"):
+        make_task(seed_replay=0.25).load_state_dict(state)
     assert state["seed_means"] and full[-1][0] != full[-2][0]
 
 

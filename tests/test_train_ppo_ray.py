@@ -58,10 +58,10 @@ VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli
 
 # 24 seeds, 8 prompts per rollout batch, a budget of 48 prompts = 6 steps; a buffer of 16 fills in
 # one or two warm-up batches (4 parents x 4 children, minus filtered ones), then mix-up batches take
-# 4 prompts from it, and once the seeds are used up bootstrap batches take 6 (--eva.seed_replay 0.25
-# keeps 2 seed prompts in every batch).
+# 4 prompts from it, and once the seeds are used up bootstrap batches take 4 (--eva.seed_replay 0.5
+# keeps 4 seed prompts in every batch).
 NUM_SEEDS, BATCH, N, BUDGET, CAPACITY = 24, 8, 4, 48, 16
-BUFFER_SHARE = {0: 0, 1: BATCH // 2, 2: BATCH - 2}  # phase_index (warmup, mixup, bootstrap) -> from buffer
+BUFFER_SHARE = {0: 0, 1: BATCH // 2, 2: BATCH - 4}  # phase_index (warmup, mixup, bootstrap) -> from buffer
 
 
 def assert_follows_phase_plan(phases, from_buffer):

@@ -44,7 +44,7 @@ json_object_text.__name__ = "JSON object"  # argparse names the type in its erro
 def add_curriculum_flags(add: Callable[..., Any]) -> None:
     """The online buffer's curriculum control (``OnlinePromptSource``), for train_rloo and train_ppo_ray;
     pass them on with ``curriculum_options(args.eva)``."""
-    add("--eva.seed_replay", type=float, default=0.25,
+    add("--eva.seed_replay", type=float, default=0.5,
         help="after the first pass over the seeds, this share of every batch still comes from the seeds "
              "(0: the paper's buffer-only bootstrap)")
     add("--eva.frontier_quantile", type=float, default=0.25,

@@ -120,7 +120,7 @@ class OnlinePromptSource:
         metric: str = "A_avg",
         sample_mode: str = "weighted",
         filters: Sequence[str] = ("empty", "unchanged", "duplicate"),
-        seed_replay: float = 0.25,
+        seed_replay: float = 0.5,
         frontier_quantile: float = 0.25,
         frontier_window: int = 8,
         seed: int = 0,
