@@ -115,7 +115,7 @@ def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, 
     assert rloo["dynamic_filtering"]["rollouts"] <= rloo["static"]["rollouts"]
     assert family["arms"]["dpo/eva"]["steps"] == 2 and len(family["arms"]["dpo/eva"]["curve"]) == 3
     # the warm start used the task's own characters
-    vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start" / "sft" / "tokenizer.json").read_text())
+    vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start_e1_r2048" / "sft" / "tokenizer.json").read_text())
     assert "+" not in vocab["model"]["vocab"] and "z" in vocab["model"]["vocab"]
 
     published = {p.name for p in (tmp_path / "published").iterdir()}

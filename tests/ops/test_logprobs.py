@@ -390,16 +390,17 @@ def test_weight_gradient_needs_no_fp32_v_by_h():
     """dW by vocabulary slices: besides the bf16 [V, H] gradient itself, nothing larger than one
     [cols, H] fp32 buffer or one [rows, cols] tile (the old accumulator was fp32 [V, H])."""
     N, V, H, rows, cols = 64, 1000, 16, 16, 128
-    h = torch.randn(N, H, dtype=torch.bfloat16, requires_grad=True)
-    w = torch.randn(V, H, dtype=torch.bfloat16, requires_grad=True)
-    labels = torch.randint(0, V, (N,))
+    g = torch.Generator().manual_seed(0)  # never the global RNG: the draw would depend on test order
+    h = torch.randn(N, H, generator=g, dtype=torch.bfloat16).requires_grad_()
+    w = torch.randn(V, H, generator=g, dtype=torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, V, (N,), generator=g)
     with LargestAllocation() as mode:
         out = fused_linear_logprobs(h, w, labels, backend="torch", chunk_size=rows, vocab_chunk_size=cols)
-        out.backward(torch.randn(N))
+        out.backward(torch.randn(N, generator=g))
     assert mode.largest[torch.float32] <= max(cols * H, rows * V), mode.largest
     assert mode.largest[torch.bfloat16] == V * H  # the gradient the caller asked for
     ref = torch.log_softmax((h.detach().float() @ w.detach().float().t()), -1).gather(-1, labels[:, None])[:, 0]
-    torch.testing.assert_close(out, ref, rtol=0, atol=0.05)
+    torch.testing.assert_close(out, ref, rtol=4e-3, atol=0.05)  # bf16 logits of |x| ~ 20: 1 bf16 step
 
 
 def test_torch_compile_keeps_one_graph():

@@ -401,7 +401,7 @@ def test_fused_actor_forward_matches_upstream_values_and_gradients(tiny):
 
     actor = Actor(tiny["policy"], attn_implementation="sdpa", param_dtype="bf16")
     actor.model.float()  # fp32 weights: the two paths then differ only by summation order
-    ids = torch.randint(9, 45, (3, 12))
+    ids = torch.randint(9, 45, (3, 12), generator=torch.Generator().manual_seed(0))  # never the global RNG
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # left padding, as the trainers batch prompts
     action_mask = torch.ones(3, 5)
@@ -415,7 +415,9 @@ def test_fused_actor_forward_matches_upstream_values_and_gradients(tiny):
     (up, up_grads), (fused, fused_grads) = grads
     torch.testing.assert_close(fused, up, rtol=1e-5, atol=1e-5)
     for name in up_grads:
-        torch.testing.assert_close(fused_grads[name], up_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        # fp32 summation order: errors scale with the tensor's largest entry (measured 4e-7 of it)
+        scale = float(up_grads[name].abs().max())
+        torch.testing.assert_close(fused_grads[name], up_grads[name], rtol=1e-4, atol=1e-5 * scale + 1e-7, msg=name)
 
 
 def test_fused_logprobs_flag_gives_the_same_training_step(tiny, tmp_path, trainer_logs):
