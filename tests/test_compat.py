@@ -6,7 +6,6 @@ upstream patches (patches/0001, 0002) it takes neither, and compat must install 
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 import openrlhf_eva
+from openrlhf_eva import compat
 from openrlhf_eva.compat import flash_attn_standin, seams
 
 PATCHED = seams.flash_attn_optional()  # patches/0001 and 0002 go together in this suite
@@ -148,17 +148,12 @@ RANK_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_rank_gloo_deepspeed_strategy(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    port = str(_free_port())
+    port = str(compat.free_port())
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",

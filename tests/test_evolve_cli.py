@@ -4,7 +4,6 @@ import importlib.machinery
 import json
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import types
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 import openrlhf_eva.embedded
+from openrlhf_eva import compat
 from openrlhf_eva.creator import (
     DEFAULT_FILTERS,
     EVOLVE_METHODS,
@@ -226,18 +226,13 @@ def test_tree_bon_scores_candidates_by_informativeness(one_rank_run, tiny_model,
     assert len(losers) + counts.get("evolver/base_unparsable", 0) == 6  # 6 parents x (2 candidates - 1 winner)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_ranks_under_the_deepspeed_launcher_match_one_rank(one_rank_run, tiny_model, prompt_file, tmp_path):
     original, _ = one_rank_run
     out = tmp_path / "two_ranks"
     launcher = Path(sys.executable).parent / "deepspeed"
-    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+    command = [str(launcher), "--num_gpus", "2", "--master_port", str(compat.free_port()), "--module",
                "openrlhf_eva.evolve", *cli_args(tiny_model, prompt_file, out)]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -16,7 +16,6 @@ Trainings run in this process on one gloo rank, each with its own free port.
 """
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ import transformers
 from openrlhf.models import Actor
 
 import openrlhf_eva.embedded as embedded
+from openrlhf_eva import compat
 from openrlhf_eva import evolve, train_dpo, train_rloo
 from openrlhf_eva.compat import leave_no_process_group
 from openrlhf_eva.creator import write_jsonl
@@ -68,11 +68,6 @@ LOGP_ATOL = 2e-5
 GRAD_RTOL = 2e-5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -95,7 +90,7 @@ def models(tmp_path_factory):
 def one_rank(monkeypatch):
     """One gloo rank in this process on a fresh free port; no process group left behind."""
     for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=str(free_port())).items():
+                            MASTER_PORT=str(compat.free_port())).items():
         monkeypatch.setenv(name, value)
     leave_no_process_group()  # a stale DeepSpeed world group from an earlier module
     yield
@@ -257,7 +252,7 @@ def test_train_dpo_zero3_fused_step_matches_unfused(models, pairs_file, tmp_path
     runs = {}
     for fused in (False, True):
         for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                                MASTER_PORT=str(free_port())).items():
+                                MASTER_PORT=str(compat.free_port())).items():
             monkeypatch.setenv(name, value)
         leave_no_process_group()
         extra = ["--ds.zero_stage", "3", *(["--eva.fused_logprobs"] if fused else [])]

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from safetensors.torch import load_file
 
 import openrlhf
 import openrlhf_eva.embedded as embedded
-from openrlhf_eva import train_rloo
+from openrlhf_eva import compat, train_rloo
 from openrlhf_eva.creator import DEFAULT_FILTERS, read_prompts, write_jsonl
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.model import build_tiny
@@ -227,7 +226,8 @@ def without_timings(rows: list[dict]) -> list[dict]:
 def reference_run(task):
     root = task[0]
     out = root / "reference"
-    check_run(rloo_command(task, out, "--logger.tensorboard_dir", str(out / "tb")), root / "reference.log", free_port())
+    check_run(rloo_command(task, out, "--logger.tensorboard_dir", str(out / "tb")), root / "reference.log",
+              compat.free_port())
     return out
 
 
@@ -277,7 +277,7 @@ def test_a_run_killed_mid_run_resumes_to_the_same_buffer_and_metrics(task, refer
     assert proc.returncode == -signal.SIGKILL, (root / "killed.log").read_text()[-3000:]
     assert not (out / "model" / "eva_buffer.jsonl").exists()
 
-    check_run(rloo_command(task, out, "--ckpt.load_enable"), root / "resumed.log", free_port())
+    check_run(rloo_command(task, out, "--ckpt.load_enable"), root / "resumed.log", compat.free_port())
     assert "resumed from" in (root / "resumed.log").read_text()
 
     assert without_timings(read_metrics(out)) == without_timings(read_metrics(reference_run))
@@ -289,7 +289,7 @@ def test_a_run_killed_mid_run_resumes_to_the_same_buffer_and_metrics(task, refer
 def test_two_ranks_hold_identical_buffers_after_every_step(task):
     root, model, seeds = task
     out = root / "two_ranks"
-    port = free_port()
+    port = compat.free_port()
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [
         str(deepspeed), "--num_gpus", "2", "--master_port", str(port), "--module", "openrlhf_eva.train_rloo",
@@ -319,11 +319,6 @@ def test_two_ranks_hold_identical_buffers_after_every_step(task):
 # --- short runs in this process ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -344,7 +339,7 @@ def tiny_run(tmp_path_factory):
         deepspeed_groups._WORLD_GROUP = None
     with pytest.MonkeyPatch.context() as patch:
         for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                                MASTER_PORT=str(free_port())).items():
+                                MASTER_PORT=str(compat.free_port())).items():
             patch.setenv(name, value)
         yield SimpleNamespace(model=build_tiny(root / "tiny", seed=0), seeds=str(seeds))
         if torch.distributed.is_initialized():

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openrlhf_eva import compat
 from openrlhf_eva.solve import vllm_rollout
 from openrlhf_eva.train_rloo import parse_args
 
@@ -144,7 +145,7 @@ def test_the_gpu_recipe_passes_train_rloos_parser(fake_vllm):
 def test_two_ranks_with_an_engine_each_hold_identical_buffers(tiny_run, tmp_path):
     """deepspeed --num_gpus 2 on gloo, each rank with its own FakeHFLLM (vllm from PYTHONPATH) and the
     programmatic evolver: every step both ranks' prompt buffers hash the same, and the buffer moves."""
-    port = _shared.free_port()
+    port = compat.free_port()
     out = tmp_path / "two_ranks"
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [

@@ -14,7 +14,6 @@ the 2-rank run uses two subprocesses of `python -m openrlhf_eva.train_dpo`.
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -26,6 +25,7 @@ from openrlhf.models import Actor
 from openrlhf.trainer.dpo_trainer import DPOTrainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from openrlhf_eva import compat
 from openrlhf_eva import train_dpo
 from openrlhf_eva.embedded.model import build_tiny
 from openrlhf_eva.upstream import run_upstream_cli
@@ -51,11 +51,6 @@ EVA_FLAGS = {
     "--eva.fused_logprobs",
 }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_pairs(path, pairs, win_prob_keys=("chosen_win_prob", "rejected_win_prob")):
@@ -95,7 +90,7 @@ def one_rank_in_this_process():
     with pytest.MonkeyPatch.context() as patch:
         for name, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
             patch.setenv(name, value)
-        patch.setenv("MASTER_PORT", str(free_port()))
+        patch.setenv("MASTER_PORT", str(compat.free_port()))
         yield
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -450,7 +445,7 @@ def test_deepspeed_launcher_two_rank_gloo_sppo_zero2(tiny, tmp_path):
     env = {name: value for name, value in os.environ.items()
            if name not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}  # fmt: skip
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-                "--master_port", str(free_port()), "--module", "openrlhf_eva.train_dpo"]  # fmt: skip
+                "--master_port", str(compat.free_port()), "--module", "openrlhf_eva.train_dpo"]  # fmt: skip
     run = subprocess.run([*launcher, *argv], env=env, capture_output=True, text=True, timeout=400)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
