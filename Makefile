@@ -38,8 +38,12 @@ else
 endif
 	touch $@
 
+# Two workers, one test file each at a time (module fixtures are built once); the slowest files are
+# scheduled first (tests/conftest.py). PYTEST_WORKERS=0 runs in this process, in file order.
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 # The upstream PR series (patches/) applied to the pinned OpenRLHF wheel, upstream's tests on CPU.
 patches-check: install

@@ -9,6 +9,29 @@ from openrlhf_eva import compat
 from openrlhf_eva.creator import registry
 
 
+# `make test` runs two xdist workers, a test file at a time (--dist loadfile). Files are handed out in
+# collection order, so the slowest (multi-process runs, a real Ray cluster, the real SmolLM2) go
+# first; otherwise one of them lands last and one worker idles. Seconds measured on 2 cores.
+SLOW_FILES_FIRST = [
+    "test_ray_cpu.py",  # ~170 s: three real Ray clusters
+    "test_train_rloo.py",  # ~150 s: two-rank and kill-and-resume runs
+    "test_smollm2.py",  # ~100 s: the real SmolLM2 GGUF
+    "test_logprobs.py",  # ~90 s: Triton interpreter oracles, ZeRO-3
+    "test_patches.py",  # ~60 s: the patched OpenRLHF tree and its tests
+    "test_iterate.py",  # ~60 s
+    "test_bench.py",  # ~55 s: a task folder end to end
+    "test_demo.py",  # ~55 s
+    "test_train_dpo.py",  # ~55 s: a two-rank launcher run
+    "test_train_rloo_vllm.py",  # ~45 s
+    "test_evolve_cli.py",  # ~35 s
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
 @pytest.fixture(autouse=True)
 def restore_registries():
     saved = {reg: dict(reg._objects) for reg in registry.ALL_REGISTRIES}
