@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a BenchConfig field, e.g. --set rloo_lr=1e-3 (recorded in results.json)")
     parser.add_argument("--publish", default=None, help="copy results.json, RESULTS.md and plots to this folder")
+    parser.add_argument("--notes", default=None, metavar="FILE",
+                        help="markdown written into RESULTS.md below the targets (what was run, what fails)")
     return parser
 
 
@@ -509,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = {"config": {**dataclasses.asdict(config), "scale": args.scale, "model": args.model,
                           "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60},
                "families": families}
-    publish(results, runs, out, args.publish)
+    publish(results, runs, out, args.publish, Path(args.notes).read_text() if args.notes else "")
     print(f"eva-bench done in {(time.time() - started) / 60:.1f} min: {out / 'results.json'}")
     return results
 
@@ -535,11 +537,11 @@ def execute(units: list[tuple], workers: int, started: float) -> tuple[list[dict
     return runs, failures
 
 
-def publish(results: dict, runs: list[dict], out: Path, folder: str | None) -> None:
+def publish(results: dict, runs: list[dict], out: Path, folder: str | None, notes: str = "") -> None:
     from openrlhf_eva import bench_report
 
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    bench_report.write_markdown(results, out / "RESULTS.md")
+    bench_report.write_markdown(results, out / "RESULTS.md", notes)
     plots = bench_report.write_plots(results, runs, out)
     print(bench_report.markdown_table(results))
     if folder:
