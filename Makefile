@@ -43,7 +43,7 @@ endif
 PYTEST_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q tests $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The upstream PR series (patches/) applied to the pinned OpenRLHF wheel, upstream's tests on CPU.
 patches-check: install
