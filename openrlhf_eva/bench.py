@@ -466,6 +466,7 @@ def task_model(args, config: BenchConfig, task: Task, out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = configure(args)
+    notes = Path(args.notes).read_text() if args.notes else ""  # read now: a bad path fails before training
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -511,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = {"config": {**dataclasses.asdict(config), "scale": args.scale, "model": args.model,
                           "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60},
                "families": families}
-    publish(results, runs, out, args.publish, Path(args.notes).read_text() if args.notes else "")
+    publish(results, runs, out, args.publish, notes)
     print(f"eva-bench done in {(time.time() - started) / 60:.1f} min: {out / 'results.json'}")
     return results
 

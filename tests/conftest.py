@@ -9,9 +9,10 @@ from openrlhf_eva import compat
 from openrlhf_eva.creator import registry
 
 
-# `make test` runs two xdist workers, a test file at a time (--dist loadfile). Files are handed out in
-# collection order, so the slowest (multi-process runs, a real Ray cluster, the real SmolLM2) go
-# first; otherwise one of them lands last and one worker idles. Seconds measured on 2 cores.
+# `make test` runs two xdist workers, a test file at a time (--dist loadfile --no-loadscope-reorder:
+# without it xdist sorts files by test count). Files go out in collection order, so the slowest
+# (multi-process runs, a real Ray cluster, the real SmolLM2) go first; otherwise one of them lands
+# last and one worker idles. Seconds measured on 2 cores.
 SLOW_FILES_FIRST = [
     "test_ray_cpu.py",  # ~170 s: three real Ray clusters
     "test_train_rloo.py",  # ~150 s: two-rank and kill-and-resume runs
