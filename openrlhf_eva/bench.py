@@ -91,13 +91,19 @@ class BenchConfig:
     sft_epochs: int = 1
     sft_rows: int | None = 2048
     # online RLOO
-    rloo_budget: float = 4.0  # prompts served = budget x seeds, for every arm
+    # Prompts served = budget x seeds, for every arm. 8x is 64 steps: at 32 steps (4x) no arm moved
+    # greedy held-out reward past theta_0 (digits dev set, 3 seeds: static - theta_0 on in_dist
+    # +0.015 at 4x, +0.059 at 8x; a lower lr was worse, RESULTS.md).
+    rloo_budget: float = 8.0
     rloo_batch: int = 32
     rloo_n: int = 8
     rloo_lr: float = 3e-4
     rloo_warmup: float = 0.25  # Adam's first steps at full lr shake a small SFT policy badly (measured)
     rloo_buffer: int = 256
     rloo_eval_every: int = 8
+    # Extra train_rloo flags for every arm that runs eva (eva, uniform, no_evolve, metric arms), e.g.
+    # "--eva.seed_replay 0.75": to try a candidate default on a dev set before shipping it.
+    rloo_eva_flags: str = ""
     # offline DPO (iterate)
     dpo_rounds: int = 2
     dpo_n: int = 6
@@ -152,7 +158,8 @@ def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds
         flags += ["--train.num_episodes", str(int(config.rloo_budget))]
         return flags + (["--algo.dynamic_filtering_enable"] if arm == "dynamic_filtering" else [])
     # The buffer is sized to this scale (the paper's 3200 is for 10K+ seeds); everything else is default.
-    flags += ["--eva.total_prompts", f"{config.rloo_budget}x", "--eva.buffer_size", str(config.rloo_buffer)]
+    flags += ["--eva.total_prompts", f"{config.rloo_budget}x", "--eva.buffer_size", str(config.rloo_buffer),
+              *config.rloo_eva_flags.split()]
     if arm == "no_evolve":
         return flags + ["--eva.evolver", "replay", "--eva.metric", ONLINE_METRIC]
     flags += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]

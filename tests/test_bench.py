@@ -52,6 +52,19 @@ def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, 
             assert args.train.num_episodes == int(config.rloo_budget)
 
 
+def test_candidate_eva_flags_reach_every_evolving_arm_and_no_static_one(tmp_path, letters_dir):
+    """--set rloo_eva_flags=...: a candidate default tried on a dev set, recorded in the cache key."""
+    args = bench.build_parser().parse_args(["--set", "rloo_eva_flags=--eva.seed_replay 0.75 --eva.n_new 2"])
+    config = bench.configure(args)
+    assert bench.config_key(config) != bench.config_key(bench.SCALES["full"])
+    task = bench_tasks.load_task_dir(letters_dir)
+    for arm in ("static", "dynamic_filtering", "eva", "uniform", "no_evolve", "A_min"):
+        parsed = train_rloo.parse_args(bench.rloo_flags(config, task, arm, tmp_path, tmp_path / "seeds.jsonl",
+                                                        tmp_path, 0))
+        evolving = arm not in ("static", "dynamic_filtering")
+        assert (parsed.eva.seed_replay, parsed.eva.n_new) == ((0.75, 2) if evolving else (0.5, 4)), arm
+
+
 def test_a_task_folder_runs_the_four_arms_a_user_compares_by_default(letters_dir):
     config = bench.configure(bench.build_parser().parse_args(["--task-dir", str(letters_dir)]))
     assert config.arms == ("static", "eva", "uniform", "dynamic_filtering")
