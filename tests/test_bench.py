@@ -34,9 +34,13 @@ def letters_dir(tmp_path_factory):
 def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, letters_dir):
     config = bench.SCALES["full"]
     task = bench_tasks.load_task_dir(letters_dir)
+    defaults = train_rloo.parse_args(["--actor.model_name_or_path", "m", "--data.prompt_dataset", "d",
+                                      "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2"])
     for arm in bench.ARMS:
         args = train_rloo.parse_args(bench.rloo_flags(config, task, arm, tmp_path, tmp_path / "seeds.jsonl",
                                                       tmp_path, 0))
+        # every arm keeps the shipped KL penalty: with none, the policy stops emitting EOS (bench.py)
+        assert args.algo.kl.init_coef == defaults.algo.kl.init_coef == 0.01
         assert (args.eva.evolver is None) == (arm in ("static", "dynamic_filtering"))
         assert args.algo.dynamic_filtering_enable == (arm == "dynamic_filtering")
         assert tuple(args.algo.dynamic_filtering_range) == (0, 1)  # upstream's default band
@@ -44,8 +48,6 @@ def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, 
             assert args.eva.total_prompts == f"{config.rloo_budget}x"
             assert args.eva.metric == (bench.arm_metric(arm, "rloo") or "A_avg")
             # eva is the shipped defaults: curriculum, filters and sampling untouched
-            defaults = train_rloo.parse_args(["--actor.model_name_or_path", "m", "--data.prompt_dataset", "d",
-                                              "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2"])
             for name in ("seed_replay", "frontier_quantile", "sample_mode", "filters", "top_frac", "n_new"):
                 assert getattr(args.eva, name) == getattr(defaults.eva, name), name
         else:
