@@ -57,6 +57,7 @@ def targets(results: dict) -> list[dict]:
     A target that needs an interval is met only with one: fewer than 3 seeds never meet it.
     """
     rows: list[dict[str, Any]] = []
+    uniform_ci: dict[str, list[str]] = {}  # solver -> families whose eva - uniform CI is above zero
 
     def delta(family, key, baseline, split):
         return (family["arms"].get(key) or {}).get(f"delta_vs_{baseline}", {}).get(split)
@@ -78,9 +79,10 @@ def targets(results: dict) -> list[dict]:
             rows.append({"target": f"{name} {solver}: eva in_dist >= static - 0.02", "value": d_in,
                          "met": d_in is not None and d_in["mean"] >= -0.02})
             d_uniform = delta(family, key, "uniform", "all")
-            rows.append({"target": f"{name} {solver}: eva - uniform on all > 0 (CI low > 0 on one family)",
+            rows.append({"target": f"{name} {solver}: eva - uniform on all > 0",
                          "value": d_uniform, "met": d_uniform is not None and d_uniform["mean"] > 0,
                          "ci_above_zero": low(d_uniform) is not None and low(d_uniform) > 0})
+            uniform_ci.setdefault(solver, []).extend([name] if rows[-1]["ci_above_zero"] else [])
         static = family["arms"].get("rloo/static")
         if static:
             d = static["delta_vs_theta0"].get("in_dist")
@@ -94,6 +96,10 @@ def targets(results: dict) -> list[dict]:
             stat = {"mean": float(np.mean(diffs)), "ci95": None} if diffs else None
             rows.append({"target": f"{name} rloo: eva - dynamic_filtering on all > 0", "value": stat,
                          "met": stat is not None and stat["mean"] > 0})
+    # The uniform target is joint: mean above zero on every family (rows above), CI above zero on one.
+    for solver, names in uniform_ci.items():
+        rows.append({"target": f"{solver}: eva - uniform on all, CI low > 0 on at least one family", "value": None,
+                     "text": ", ".join(names) or "none", "met": bool(names)})
     return rows
 
 
@@ -116,7 +122,7 @@ def write_markdown(results: dict, path: Path, notes: str = "") -> None:
         "| target | value | met |",
         "|---|---|---|",
     ]
-    head += [f"| {r['target']} | {_cell(r['value'], True)} | {'yes' if r['met'] else '**no**'} |" for r in rows]
+    head += [f"| {r['target']} | {r.get('text') or _cell(r['value'], True)} | {'yes' if r['met'] else '**no**'} |" for r in rows]
     path.write_text("\n".join(head) + "\n" + (notes + "\n" if notes else "") + markdown_table(results) + "\n")
 
 

@@ -31,6 +31,23 @@ def letters_dir(tmp_path_factory):
     return letters.write_task_dir(tmp_path_factory.mktemp("letters"), num_seeds=64, num_sft=64)
 
 
+def test_the_uniform_target_needs_a_ci_above_zero_on_one_family():
+    from openrlhf_eva import bench_report
+
+    def family(lo):
+        arm = {"delta_vs_static": {}, "delta_vs_uniform": {"all": {"mean": 0.01, "ci95": [lo, 0.02]}}}
+        return {"arms": {"rloo/eva": arm}}
+
+    def joint(*lows):
+        results = {"families": {f"f{i}": family(lo) for i, lo in enumerate(lows)}}
+        [row] = [r for r in bench_report.targets(results) if r["target"].startswith("rloo: eva - uniform")]
+        return row["met"], row["text"]
+
+    # every family's own row has its mean above zero: only the joint row asks for one interval above zero
+    assert joint(-0.01, -0.005) == (False, "none")
+    assert joint(-0.01, 0.001) == (True, "f1")
+
+
 def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, letters_dir):
     config = bench.SCALES["full"]
     task = bench_tasks.load_task_dir(letters_dir)
