@@ -79,10 +79,13 @@ def targets(results: dict) -> list[dict]:
             rows.append({"target": f"{name} {solver}: eva in_dist >= static - 0.02", "value": d_in,
                          "met": d_in is not None and d_in["mean"] >= -0.02})
             d_uniform = delta(family, key, "uniform", "all")
+            ci_above_zero = low(d_uniform) is not None and low(d_uniform) > 0
             rows.append({"target": f"{name} {solver}: eva - uniform on all > 0",
                          "value": d_uniform, "met": d_uniform is not None and d_uniform["mean"] > 0,
-                         "ci_above_zero": low(d_uniform) is not None and low(d_uniform) > 0})
-            uniform_ci.setdefault(solver, []).extend([name] if rows[-1]["ci_above_zero"] else [])
+                         "ci_above_zero": ci_above_zero})
+            uniform_ci.setdefault(solver, [])
+            if ci_above_zero:
+                uniform_ci[solver].append(name)
         static = family["arms"].get("rloo/static")
         if static:
             d = static["delta_vs_theta0"].get("in_dist")
@@ -122,7 +125,8 @@ def write_markdown(results: dict, path: Path, notes: str = "") -> None:
         "| target | value | met |",
         "|---|---|---|",
     ]
-    head += [f"| {r['target']} | {r.get('text') or _cell(r['value'], True)} | {'yes' if r['met'] else '**no**'} |" for r in rows]
+    head += [f"| {r['target']} | {r.get('text') or _cell(r['value'], True)} | {'yes' if r['met'] else '**no**'} |"
+             for r in rows]
     path.write_text("\n".join(head) + "\n" + (notes + "\n" if notes else "") + markdown_table(results) + "\n")
 
 
