@@ -305,7 +305,7 @@ def run_one(unit: tuple) -> dict:
     if result_path.exists():
         cached = json.loads(result_path.read_text())
         if cached.get("config_key") == key:
-            return cached
+            return {**cached, "cached": True}
         shutil.rmtree(out)  # another configuration or start model: this run is redone
     import torch
 
@@ -521,7 +521,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         families[task.name] = {"splits": task.splits, "theta_0": theta[task.name],
                                "arms": summarize(task_runs, task.splits, theta[task.name])}
     results = {"config": {**dataclasses.asdict(config), "scale": args.scale, "model": args.model,
-                          "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60},
+                          "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60,
+                          # a republish from cache keeps what the runs cost: their own time, summed
+                          "workers": args.workers, "cached_runs": sum(bool(r.get("cached")) for r in runs),
+                          "run_minutes": sum(r["seconds"] for r in runs) / 60},
                "families": families}
     publish(results, runs, out, args.publish, notes)
     print(f"eva-bench done in {(time.time() - started) / 60:.1f} min: {out / 'results.json'}")

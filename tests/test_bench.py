@@ -164,3 +164,7 @@ def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, 
     again = bench.main(argv)
     assert len(logs) == 5 and [p.stat().st_size for p in logs] == sizes
     assert again["families"][letters_dir.name]["arms"]["rloo/eva"]["test"] == family["arms"]["rloo/eva"]["test"]
+    # and keeps what the runs cost when they ran, not this invocation's seconds
+    assert results["config"]["cached_runs"] == 0 and again["config"]["cached_runs"] == 5
+    assert again["config"]["run_minutes"] == pytest.approx(results["config"]["run_minutes"])
+    assert "5 runs reused from an earlier invocation's cache" in (tmp_path / "bench" / "RESULTS.md").read_text()
