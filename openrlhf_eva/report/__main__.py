@@ -1,0 +1,3 @@
+from openrlhf_eva.report import main
+
+main()
