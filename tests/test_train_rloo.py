@@ -556,3 +556,35 @@ def test_merged_groups_keep_each_rollouts_prompt_and_response_columns():
     assert merged.action_mask[2].tolist() == [True, False, False, False]
     assert (merged.attention_mask == (merged.sequences != 0).long()).all()
     assert merged.response_length.tolist() == [3, 3, 1, 1, 1, 1]
+
+
+def metrics_line(step: int, truncated_rate: float, kl_coef: float = 0.0) -> dict:
+    return {"step": step, "truncated_rate": truncated_rate, "kl_coef": kl_coef, "reward_mean": 0.5,
+            "response_length_mean": 6.0, "actor_lr": 1e-3, "timing/step": 0.1}
+
+
+def test_truncation_warns_only_when_it_climbs_and_names_the_kl_penalty_when_it_is_off():
+    assert train_rloo.truncation_warning(0.02, metrics_line(5, 0.15)) is None  # below the bar
+    assert train_rloo.truncation_warning(0.9, metrics_line(5, 1.0)) is None  # never stopped: a budget, not a drift
+    warning = train_rloo.truncation_warning(0.02, metrics_line(8, 0.44))
+    assert "step 8: 44% of responses" in warning and "(first step: 2%" in warning
+    assert "--algo.kl.init_coef 0.01" in warning
+    with_kl = train_rloo.truncation_warning(0.02, metrics_line(8, 0.44, kl_coef=0.01))
+    assert "--algo.kl.init_coef" not in with_kl and "--reward.stop_properly_penalty_coef" in with_kl
+
+
+def test_the_trainer_prints_the_truncation_warning_once(tiny_run, tmp_path, capsys):
+    out = tmp_path / "warn"
+    trainer = train_rloo.OnlineTrainer(parse_args([
+        "--actor.model_name_or_path", tiny_run.model, "--data.prompt_dataset", tiny_run.seeds,
+        "--data.input_key", "prompt", "--reward.remote_url", str(EMBEDDED / "reward_func.py"),
+        "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4", "--train.batch_size", "16",
+        "--algo.kl.init_coef", "0", "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt")]))
+    os.makedirs(out / "model")
+    for step, rate in enumerate([0.05, 0.1, 0.3, 0.5], start=1):
+        trainer.log(metrics_line(step, rate))
+    printed = capsys.readouterr().out
+    assert printed.count("[eva] warning: step 3: 30% of responses reached the token budget") == 1
+    assert "warning: step 4" not in printed
+    logged = (out / "model" / "eva_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [1, 2, 3, 4]
