@@ -23,8 +23,8 @@ and the training seed change with the bench seed, the held-out rows never do.
     uniform            eva with parents drawn uniformly (evolving without informativeness)
     no_evolve          eva's informative prompts trained on again, nothing new written (replay)
     <metric>           eva with another informativeness metric (A_min, A_avg, A_dis, var, avg, ...)
-RLOO: `openrlhf_eva.train_rloo`'s OnlineTrainer in this process, budget `rloo_budget` x the seeds,
-evaluated every `rloo_eval_every` steps. DPO: `openrlhf_eva.iterate` (in this process) for
+RLOO: train_rloo's `OnlineTrainer` (openrlhf_eva.train_rloo_trainer) in this process, budget
+`rloo_budget` x the seeds, evaluated every `rloo_eval_every` steps. DPO: `openrlhf_eva.iterate` (in this process) for
 `dpo_rounds` rounds, each on the previous round's model and prompt set; the creator's estimation
 rollouts count, so static samples its pairs from twice the prompts, and every arm trains on the
 same number of pairs per round.
@@ -173,10 +173,10 @@ def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds
 def run_rloo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Path, seed: int,
              eval_rows: list[dict]) -> dict:
     """One online run in this process; returns its final held-out result and its curve."""
-    from openrlhf_eva import train_rloo
+    from openrlhf_eva import train_rloo, train_rloo_trainer
     from openrlhf_eva.evaluate import evaluate_model
 
-    class BenchTrainer(train_rloo.OnlineTrainer):
+    class BenchTrainer(train_rloo_trainer.OnlineTrainer):
         """train_rloo's trainer, plus held-out evaluations and buffer composition in the logs."""
 
         def log(self, metrics: dict) -> None:

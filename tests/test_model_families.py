@@ -25,7 +25,7 @@ from openrlhf.models import Actor
 
 import openrlhf_eva.embedded as embedded
 from openrlhf_eva import compat
-from openrlhf_eva import evolve, train_dpo, train_rloo
+from openrlhf_eva import evolve, train_dpo, train_rloo, train_rloo_trainer
 from openrlhf_eva.compat import leave_no_process_group
 from openrlhf_eva.creator import write_jsonl
 from openrlhf_eva.embedded.data import make_seeds
@@ -305,7 +305,7 @@ def seeds_file(tmp_path_factory):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_train_rloo_two_steps_with_fused_logprobs(models, seeds_file, tmp_path, one_rank, checked_fused_forward,
                                                   name):
-    trainer = train_rloo.OnlineTrainer(train_rloo.parse_args(rloo_argv(models[name], seeds_file, tmp_path)))
+    trainer = train_rloo_trainer.OnlineTrainer(train_rloo.parse_args(rloo_argv(models[name], seeds_file, tmp_path)))
     trainer.fit()
     metrics = [json.loads(line) for line in (tmp_path / "model" / "eva_metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]

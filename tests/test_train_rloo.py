@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 import openrlhf
 import openrlhf_eva.embedded as embedded
-from openrlhf_eva import compat, train_rloo
+from openrlhf_eva import compat, train_rloo_trainer
 from openrlhf_eva.creator import DEFAULT_FILTERS, read_prompts, write_jsonl
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.model import build_tiny
@@ -40,7 +40,8 @@ from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
 from openrlhf_eva.rollout import sample_responses
 from openrlhf_eva.solve import fused_actor, online
 from openrlhf_eva.solve.online import best_and_worst
-from openrlhf_eva.train_rloo import CreatorLoadError, build_creator, build_parser, parse_args, total_prompts
+from openrlhf_eva.train_rloo import build_parser, parse_args
+from openrlhf_eva.train_rloo_trainer import CreatorLoadError, build_creator, total_prompts
 from openrlhf_eva.train_rloo_flags import REFUSED, REFUSED_GROUPS
 
 EMBEDDED = Path(embedded.__file__).parent
@@ -347,7 +348,7 @@ def tiny_run(tmp_path_factory):
         deepspeed_groups._WORLD_GROUP = None
 
 
-def run_in_process(run, out: Path, *extra: str) -> "train_rloo.OnlineTrainer":
+def run_in_process(run, out: Path, *extra: str) -> "train_rloo_trainer.OnlineTrainer":
     """What train_rloo's main() runs, in this process: batches of 4 prompts x 4 samples, 8-token
     responses; returns the trainer for a look at its parts."""
     argv = [
@@ -359,7 +360,7 @@ def run_in_process(run, out: Path, *extra: str) -> "train_rloo.OnlineTrainer":
         "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
         *extra,
     ]
-    trainer = train_rloo.OnlineTrainer(parse_args(argv))
+    trainer = train_rloo_trainer.OnlineTrainer(parse_args(argv))
     trainer.fit()
     return trainer
 
@@ -564,18 +565,18 @@ def metrics_line(step: int, truncated_rate: float, kl_coef: float = 0.0) -> dict
 
 
 def test_truncation_warns_only_when_it_climbs_and_names_the_kl_penalty_when_it_is_off():
-    assert train_rloo.truncation_warning(0.02, metrics_line(5, 0.15)) is None  # below the bar
-    assert train_rloo.truncation_warning(0.9, metrics_line(5, 1.0)) is None  # never stopped: a budget, not a drift
-    warning = train_rloo.truncation_warning(0.02, metrics_line(8, 0.44))
+    assert train_rloo_trainer.truncation_warning(0.02, metrics_line(5, 0.15)) is None  # below the bar
+    assert train_rloo_trainer.truncation_warning(0.9, metrics_line(5, 1.0)) is None  # never stopped: a budget, not a drift
+    warning = train_rloo_trainer.truncation_warning(0.02, metrics_line(8, 0.44))
     assert "step 8: 44% of responses" in warning and "(first step: 2%" in warning
     assert "--algo.kl.init_coef 0.01" in warning
-    with_kl = train_rloo.truncation_warning(0.02, metrics_line(8, 0.44, kl_coef=0.01))
+    with_kl = train_rloo_trainer.truncation_warning(0.02, metrics_line(8, 0.44, kl_coef=0.01))
     assert "--algo.kl.init_coef" not in with_kl and "--reward.stop_properly_penalty_coef" in with_kl
 
 
 def test_the_trainer_prints_the_truncation_warning_once(tiny_run, tmp_path, capsys):
     out = tmp_path / "warn"
-    trainer = train_rloo.OnlineTrainer(parse_args([
+    trainer = train_rloo_trainer.OnlineTrainer(parse_args([
         "--actor.model_name_or_path", tiny_run.model, "--data.prompt_dataset", tiny_run.seeds,
         "--data.input_key", "prompt", "--reward.remote_url", str(EMBEDDED / "reward_func.py"),
         "--rollout.batch_size", "4", "--rollout.n_samples_per_prompt", "4", "--train.batch_size", "16",

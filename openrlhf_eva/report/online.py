@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections import Counter, defaultdict
 from typing import Any, Sequence
 
