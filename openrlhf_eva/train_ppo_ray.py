@@ -65,6 +65,7 @@ import functools
 import json
 import os
 import time
+from collections import Counter
 from typing import Any, Callable, Optional, Sequence
 from unittest import mock
 
@@ -302,7 +303,8 @@ class EvaPromptLoader:
     runs dry, which in the synchronous trainer is after the previous batch was observed. Prompts go
     to vLLM templated like upstream's: seeds exactly as upstream's PromptDataset templated them,
     evolved prompts through `format_prompt`. `len()` is the prompt budget; `state_dict` /
-    `load_state_dict` let upstream's checkpoints (ppo_trainer.py:518,558) resume the buffer too.
+    `load_state_dict` let upstream's checkpoints (ppo_trainer.py:518,558) resume the buffer too, and a
+    creator served at --eva.evolver_url its call count (which seeds its calls).
     """
 
     def __init__(self, source: OnlinePromptSource, format_prompt: Callable[[str], str], n_samples_per_prompt: int):
@@ -349,8 +351,17 @@ class EvaPromptLoader:
         # Upstream's tensorboard logger takes scalars only (eva/phase has eva/phase_index beside it).
         return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))}
 
+    def _creator_stats(self) -> Optional[Counter]:
+        """The served creator's counters (OpenAIGenerator.stats: its call count sets each call's seed),
+        or None when the evolver writes with the vLLM engines or without an LLM."""
+        stats = getattr(getattr(self.source.evolver, "generate", None), "stats", None)
+        return stats if isinstance(stats, Counter) else None
+
     def state_dict(self) -> dict:
-        return self.source.state_dict()
+        state = self.source.state_dict()
+        if (stats := self._creator_stats()) is not None:  # a resumed creator draws the seeds it would have
+            state["creator_stats"] = dict(stats)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         # A run without --eva.enable checkpoints its StatefulDataLoader's state in the same place
@@ -359,7 +370,12 @@ class EvaPromptLoader:
             saved = sorted(state)[:4] if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"its prompt state was not saved by eva's prompt source (a run without --eva.enable?): "
                              f"{saved}")
+        state = dict(state)
+        saved_stats = state.pop("creator_stats", None)
         self.source.load_state_dict(state)
+        if saved_stats is not None and (stats := self._creator_stats()) is not None:
+            stats.clear()
+            stats.update(saved_stats)
 
 
 @ray.remote

@@ -672,3 +672,47 @@ def test_a_creator_served_at_evolver_url_writes_instead_of_the_engines(fakes, ru
     assert [(body["model"], body["max_tokens"]) for _, _, body in server.requests] == [("served-creator", 32)] * 2
     assert "copy 4721" in server.requests[0][2]["messages"][-1]["content"]
     assert fakes.vllm.FakeAsyncLLMEngine.calls == []
+
+
+def test_a_served_creators_call_count_resumes_with_the_prompt_loader(fakes, eva_args, run_files):
+    """The served creator seeds call k with seed + 100003 k: a resumed run must go on counting, or its
+    next children would repeat the first ones' seeds."""
+    from openrlhf_eva.creator.online import OnlinePromptSource
+
+    scripted_server = load_by_path("scripted_server", HERE / "scripted_server.py")
+    reply = scripted_server.chat_reply("Rewritten prompt: sort 4721 twice")
+    with scripted_server.ScriptedServer(lambda body, number: (200, reply, 0.0)) as server:
+        args, _ = upstream_train_args(fakes, base_argv(
+            run_files, "--eva.enable", "--eva.evolver", "evol_complexity", "--eva.evolver_url", server.url,
+            "--eva.evolver_model", "served-creator", "--eva.evolve_max_new_tokens", "32", "--vllm.num_engines", "0"))
+
+        def loader():
+            seeds = [{"prompt": row["prompt"], "label": row["label"],
+                      "metadata": {"datasource": "default", "upstream_prompt": row["prompt"], "image": None}}
+                     for row in seed_rows(run_files)]
+            source = OnlinePromptSource(seeds, BATCH, fakes.eva_ppo.build_online_evolver(args, [], None),
+                                        total_prompts=4 * BATCH, filters=("empty",), seed=0)
+            return fakes.eva_ppo.EvaPromptLoader(source, lambda text: text, N)
+
+        def run_step(prompt_loader, step):
+            prompts = [item[1][0] for item in draw_batch(prompt_loader)]
+            rng = random.Random(step)
+            return prompt_loader.observe([(p, [rng.random() for _ in range(N)], None) for p in prompts], step)
+
+        original = loader()
+        run_step(original, 1)
+        first_seeds = {body["seed"] for _, _, body in server.requests}
+        state = pickle.loads(pickle.dumps(original.state_dict()))  # as a checkpoint stores it
+        assert state["creator_stats"]["calls"] > 0
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert resumed.source.evolver.generate.stats == original.source.evolver.generate.stats
+        sent = len(server.requests)
+        run_step(original, 2)
+        from_original = [body["seed"] for _, _, body in server.requests[sent:]]
+        sent = len(server.requests)
+        run_step(resumed, 2)
+        from_resumed = [body["seed"] for _, _, body in server.requests[sent:]]
+    # requests go out concurrently, so they arrive in any order; their seeds are what must agree
+    assert from_original and sorted(from_resumed) == sorted(from_original)
+    assert first_seeds.isdisjoint(from_original)
