@@ -24,10 +24,10 @@ and the training seed change with the bench seed, the held-out rows never do.
     no_evolve          eva's informative prompts trained on again, nothing new written (replay)
     <metric>           eva with another informativeness metric (A_min, A_avg, A_dis, var, avg, ...)
 RLOO: train_rloo's `OnlineTrainer` (openrlhf_eva.train_rloo_trainer) in this process, budget
-`rloo_budget` x the seeds, evaluated every `rloo_eval_every` steps. DPO: `openrlhf_eva.iterate` (in this process) for
-`dpo_rounds` rounds, each on the previous round's model and prompt set; the creator's estimation
-rollouts count, so static samples its pairs from twice the prompts, and every arm trains on the
-same number of pairs per round.
+`rloo_budget` x the seeds, evaluated every `rloo_eval_every` steps. DPO: `openrlhf_eva.iterate` (in
+this process) for `dpo_rounds` rounds, each on the previous round's model and prompt set; the
+creator's estimation rollouts count, so static samples its pairs from twice the prompts, and every
+arm trains on the same number of pairs per round.
 
 Results: greedy held-out reward (and exact share) per split, and sampled mean@`eval_samples` at
 temperature 1. Intervals are 95% paired bootstraps over seeds, given only for 3 or more seeds.

@@ -549,7 +549,7 @@ class OnlineTrainer:
                 file.writelines(json.dumps(row, default=str) + "\n" for row in self.source.last_children)
         if self.first_truncated_rate is None:
             self.first_truncated_rate = metrics["truncated_rate"]
-        elif (warning := truncation_warning(self.first_truncated_rate, metrics)) and not self.truncation_warned:
+        elif not self.truncation_warned and (warning := truncation_warning(self.first_truncated_rate, metrics)):
             self.truncation_warned = True
             print(warning, flush=True)
         if metrics["step"] % self.args.logger.logging_steps == 0:

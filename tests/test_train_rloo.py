@@ -566,7 +566,8 @@ def metrics_line(step: int, truncated_rate: float, kl_coef: float = 0.0) -> dict
 
 def test_truncation_warns_only_when_it_climbs_and_names_the_kl_penalty_when_it_is_off():
     assert train_rloo_trainer.truncation_warning(0.02, metrics_line(5, 0.15)) is None  # below the bar
-    assert train_rloo_trainer.truncation_warning(0.9, metrics_line(5, 1.0)) is None  # never stopped: a budget, not a drift
+    # never stopped: a token budget too small, not a drift
+    assert train_rloo_trainer.truncation_warning(0.9, metrics_line(5, 1.0)) is None
     warning = train_rloo_trainer.truncation_warning(0.02, metrics_line(8, 0.44))
     assert "step 8: 44% of responses" in warning and "(first step: 2%" in warning
     assert "--algo.kl.init_coef 0.01" in warning
