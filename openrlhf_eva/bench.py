@@ -241,7 +241,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
                 "--adam.lr", str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
                 "--ds.zero_stage", "0", "--train.seed", str(seed), "--lr_warmup_ratio", "0"]
     table = iterate.main([*own, "--evolve-args", *evolve_args, "--dpo-args", *dpo_args])
-    final_dir = out / "iterate" / f"iter_{config.dpo_rounds}" / "model"
+    final_dir = Path(table[-1]["policy_out"])  # the last round that trained (iterate skips a round without pairs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final = final_eval(AutoModelForCausalLM.from_pretrained(final_dir), AutoTokenizer.from_pretrained(final_dir),
@@ -251,7 +251,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
         shutil.rmtree(out / "iterate" / f"iter_{t}" / "model" / "ckpt", ignore_errors=True)
     curve = [{"step": row["iteration"], **row["eval"]} for row in table]
     curve[-1] = {"step": config.dpo_rounds, **final}
-    return {"test": final, "curve": curve, "steps": config.dpo_rounds,
+    return {"test": final, "curve": curve, "steps": sum(row["trained"] for row in table),
             "pairs_per_round": [row["pairs"] for row in table],
             # static: pairs from 2n prompts; eva: estimates on n, then pairs from n (iterate's stages)
             "rollouts": 2 * n * config.dpo_n * len(table)}

@@ -10,6 +10,9 @@ Iteration t lives in `<output_dir>/iter_<t>/` and runs, each stage by hand-repro
             (next_prompts.jsonl); skipped with --static, where X̄_t = X_t (the baseline arm);
   pairs/    `openrlhf_eva.evolve --eva.evolver none` on X̄_t with theta_{t-1}: best/worst pairs;
   model/    `openrlhf_eva.train_dpo` from theta_{t-1} (also the reference) on those pairs -> theta_t;
+            skipped when the pairs are fewer than one batch (--train.batch_size in --dpo-args; 0
+            pairs if it is not given): theta_t = theta_{t-1}, said on the console and as
+            "trained": false in iterations.json, instead of the run stopping half-way;
   eval.json greedy held-out reward of theta_t per split, when --eval_data is given.
 Incremental: X_{t+1} = X̄_t's evolved set from the next creator step, the policy carries over.
 
@@ -133,6 +136,12 @@ def run_dpo(stage: Stage, policy: str, pairs: Path, dpo_args: list[str], launche
     return stage.finish({"seconds": time.time() - started, "command": cmd})
 
 
+def last_int(argv: Sequence[str], flag: str) -> int | None:
+    """The value of the last ``flag VALUE`` in ``argv`` (argparse's rule), or None."""
+    values = [argv[i + 1] for i, token in enumerate(argv[:-1]) if token == flag]
+    return int(values[-1]) if values else None
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     own, evolve_args, dpo_args = split_argv(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(own)
@@ -169,8 +178,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         pairs = run_evolve(Stage(folder / "pairs"), policy, train_prompts, evolve_args, ["--eva.evolver", "none"])
         row["pairs"] = pairs["counts"]["prompts/pairs"]
         row["ties"] = pairs["counts"]["prompts/ties"]
-        run_dpo(Stage(folder / "model"), policy, folder / "pairs" / "pairs.jsonl", dpo_args, args.launcher)
-        policy = str(folder / "model")
+        # Upstream train_dpo stops when the pairs fill no batch. A creator step whose prompts the policy
+        # answers all alike can leave that few; the round then keeps its policy, and the run goes on.
+        batch = last_int(dpo_args, "--train.batch_size") or 1
+        row["trained"] = row["pairs"] >= batch
+        if row["trained"]:
+            run_dpo(Stage(folder / "model"), policy, folder / "pairs" / "pairs.jsonl", dpo_args, args.launcher)
+            policy = str(folder / "model")
+        else:
+            print(f"[eva] iteration {t}: {row['pairs']} pairs, fewer than one batch of {batch} "
+                  f"(--train.batch_size): no DPO step this round, the policy stays {policy}", flush=True)
+        row["policy_out"] = policy
         if eval_rows is not None:
             stage = Stage(folder / "eval")
             if not stage.done:
@@ -193,7 +211,8 @@ def print_table(table: list[dict]) -> None:
     print("\n" + "  ".join(f"{h:>14}" for h in header))
     for row in table:
         info = row.get("info_A_min_mean")
-        cells = [row["iteration"], row["pairs"], row["ties"], "-" if info is None else f"{info:.3f}"]
+        pairs = row["pairs"] if row.get("trained", True) else f"{row['pairs']} (no step)"
+        cells = [row["iteration"], pairs, row["ties"], "-" if info is None else f"{info:.3f}"]
         cells += [f"{row['eval'][s]['reward']:.3f}" for s in splits]
         print("  ".join(f"{c:>14}" for c in cells))
 

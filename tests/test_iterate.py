@@ -94,6 +94,26 @@ def test_killed_between_stages_then_rerun_equals_uninterrupted(warm_tiny_model, 
         torch.testing.assert_close(b["weights"][key], a["weights"][key], rtol=2 ** -7, atol=1e-6, msg=key)
 
 
+def test_a_round_with_fewer_pairs_than_one_batch_keeps_its_policy_and_the_run_goes_on(
+        warm_tiny_model, data_dir, tmp_path, capsys):
+    """Upstream train_dpo refuses a dataset smaller than --train.batch_size (seen on a task where most
+    responses tie); iterate then skips that round's solver instead of stopping."""
+    _, model_dir = warm_tiny_model
+    args = argv(model_dir, data_dir, tmp_path / "run")
+    args[args.index("--iterations") + 1] = "2"
+    args += ["--train.batch_size", "100000"]  # the last value is the one upstream reads
+    table = main(args)
+    assert [row["trained"] for row in table] == [False, False]
+    assert all(row["pairs"] > 0 and row["policy_out"] == str(model_dir) for row in table)
+    assert not (tmp_path / "run" / "iter_1" / "model" / "DONE.json").exists()
+    assert table[0]["eval"] == table[1]["eval"]  # the same policy, evaluated greedily twice
+    assert "no DPO step this round" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "iterations.json").read_text())
+    assert [row["trained"] for row in saved] == [False, False]
+    # the second creator step evolved from the first one's set, as when both rounds train
+    assert table[1]["prompts_in"] == str(tmp_path / "run" / "iter_1" / "creator" / "next_prompts.jsonl")
+
+
 def test_bad_input_is_reported_with_the_flag(tmp_path, data_dir):
     with pytest.raises(ValueError, match="--eval_data and --eval_reward go together"):
         main(["--pretrain", "x", "--prompt_data", str(data_dir / "seeds.jsonl"), "--output_dir", str(tmp_path),
