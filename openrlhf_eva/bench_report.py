@@ -30,22 +30,25 @@ def markdown_table(results: dict) -> str:
     lines = []
     for name, family in results["families"].items():
         splits = _split_order(family["splits"])
+        # The embedded families' splits, or a user's task's own when it names them otherwise.
+        delta_splits = ["all"] + ([s for s in ("in_dist", "harder") if s in splits] or splits[:-1][:2])
+        theta_split = "in_dist" if "in_dist" in splits else "all"
         theta = family["theta_0"]
         for solver in dict.fromkeys(key.split("/")[0] for key in family["arms"]):
             keys = [k for k in family["arms"] if k.startswith(solver + "/")]
+            header = (["arm", *splits, "sampled mean@k (all)"] + [f"Δ vs static: {s}" for s in delta_splits]
+                      + ["Δ vs uniform: all", f"Δ vs θ0: {theta_split}", "steps", "rollouts"])
             lines += [f"\n### {name}, {solver.upper()}: held-out greedy reward, mean over seeds [95% paired bootstrap]\n",
-                      "| arm | " + " | ".join(splits) + " | sampled mean@k (all) | Δ vs static: all | Δ vs static: "
-                      "in_dist | Δ vs static: harder | Δ vs uniform: all | Δ vs θ0: in_dist | steps | rollouts |",
-                      "|---" * (len(splits) + 9) + "|",
+                      "| " + " | ".join(header) + " |", "|---" * len(header) + "|",
                       "| θ0 (start) | " + " | ".join(f"{theta[s]['reward']:.3f}" for s in splits)
-                      + f" | {theta['all'].get('sampled', float('nan')):.3f} |" + " |" * 7]
+                      + f" | {theta['all'].get('sampled', float('nan')):.3f} |" + " |" * (len(header) - len(splits) - 2)]
             for key in keys:
                 arm = family["arms"][key]
                 static, uniform = arm.get("delta_vs_static", {}), arm.get("delta_vs_uniform", {})
                 cells = [_cell(arm["test"][s]) for s in splits]
                 cells.append(f"{arm['test']['all'].get('sampled', float('nan')):.3f}")
-                cells += [_cell(static.get(s), True) for s in ("all", "in_dist", "harder")]
-                cells += [_cell(uniform.get("all"), True), _cell(arm["delta_vs_theta0"].get("in_dist"), True)]
+                cells += [_cell(static.get(s), True) for s in delta_splits]
+                cells += [_cell(uniform.get("all"), True), _cell(arm["delta_vs_theta0"].get(theta_split), True)]
                 cells += [f"{arm['steps']:.0f}", f"{arm['rollouts']:.0f}"]
                 lines.append(f"| {key.split('/')[1]} (n={len(arm['seeds'])}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -54,13 +57,20 @@ def markdown_table(results: dict) -> str:
 def targets(results: dict) -> list[dict]:
     """The bench's targets (issue 13), each with the numbers that decide it and whether it is met.
 
-    A target that needs an interval is met only with one: fewer than 3 seeds never meet it.
+    A target that needs an interval is met only with one: fewer than 3 seeds never meet it. A target
+    on a split the task's test set does not have (a user's task may name its splits otherwise) is
+    not applicable: ``met`` None, and the row says which split is missing.
     """
     rows: list[dict[str, Any]] = []
     uniform_ci: dict[str, list[str]] = {}  # solver -> families whose eva - uniform CI is above zero
 
     def delta(family, key, baseline, split):
         return (family["arms"].get(key) or {}).get(f"delta_vs_{baseline}", {}).get(split)
+
+    def needs_split(family, split, row):
+        if split in family.get("splits", ()):
+            return row
+        return {**row, "met": None, "text": f"n/a: the test set has no {split!r} split"}
 
     def low(stat):
         return None if stat is None or stat.get("ci95") is None else stat["ci95"][0]
@@ -74,10 +84,12 @@ def targets(results: dict) -> list[dict]:
             d_in = delta(family, key, "static", "in_dist")
             rows.append({"target": f"{name} {solver}: eva - static on all, CI low > 0", "value": d_all,
                          "met": low(d_all) is not None and low(d_all) > 0})
-            rows.append({"target": f"{name} {solver}: eva - static on harder > 0", "value": d_harder,
-                         "met": d_harder is not None and d_harder["mean"] > 0})
-            rows.append({"target": f"{name} {solver}: eva in_dist >= static - 0.02", "value": d_in,
-                         "met": d_in is not None and d_in["mean"] >= -0.02})
+            rows.append(needs_split(family, "harder", {
+                "target": f"{name} {solver}: eva - static on harder > 0", "value": d_harder,
+                "met": d_harder is not None and d_harder["mean"] > 0}))
+            rows.append(needs_split(family, "in_dist", {
+                "target": f"{name} {solver}: eva in_dist >= static - 0.02", "value": d_in,
+                "met": d_in is not None and d_in["mean"] >= -0.02}))
             d_uniform = delta(family, key, "uniform", "all")
             ci_above_zero = low(d_uniform) is not None and low(d_uniform) > 0
             rows.append({"target": f"{name} {solver}: eva - uniform on all > 0",
@@ -89,8 +101,9 @@ def targets(results: dict) -> list[dict]:
         static = family["arms"].get("rloo/static")
         if static:
             d = static["delta_vs_theta0"].get("in_dist")
-            rows.append({"target": f"{name} rloo: static - θ0 on in_dist, CI low > 0", "value": d,
-                         "met": low(d) is not None and low(d) > 0})
+            rows.append(needs_split(family, "in_dist", {
+                "target": f"{name} rloo: static - θ0 on in_dist, CI low > 0", "value": d,
+                "met": low(d) is not None and low(d) > 0}))
         eva, df = family["arms"].get("rloo/eva"), family["arms"].get("rloo/dynamic_filtering")
         if eva and df:
             shared = [i for i, s in enumerate(eva["seeds"]) if s in df["seeds"]]
@@ -124,7 +137,7 @@ def write_markdown(results: dict, path: Path, notes: str = "") -> None:
         "| target | value | met |",
         "|---|---|---|",
     ]
-    head += [f"| {r['target']} | {r.get('text') or _cell(r['value'], True)} | {'yes' if r['met'] else '**no**'} |"
+    head += [f"| {r['target']} | {r.get('text') or _cell(r['value'], True)} | {'n/a' if r['met'] is None else 'yes' if r['met'] else '**no**'} |"
              for r in rows]
     path.write_text("\n".join(head) + "\n" + (notes + "\n" if notes else "") + markdown_table(results) + "\n")
 

@@ -48,6 +48,26 @@ def test_the_uniform_target_needs_a_ci_above_zero_on_one_family():
     assert joint(-0.01, 0.001) == (True, "f1")
 
 
+def test_a_task_with_its_own_split_names_gets_its_splits_in_the_table_and_no_verdict_on_missing_ones():
+    from openrlhf_eva import bench_report
+
+    stat = {"mean": 0.01, "ci95": [0.005, 0.02]}
+    test = {s: {"mean": 0.3, "ci95": [0.2, 0.4], "sampled": 0.2} for s in ("easy", "all")}
+    arm = {"test": test, "seeds": [0, 1, 2], "steps": 8, "rollouts": 64, "delta_vs_theta0": {"all": stat},
+           "delta_vs_static": {"all": stat, "easy": stat}, "delta_vs_uniform": {"all": stat}}
+    family = {"splits": ["easy", "all"], "theta_0": {s: {"reward": 0.25, "sampled": 0.2} for s in ("easy", "all")},
+              "arms": {"rloo/static": arm, "rloo/eva": arm}}
+    results = {"families": {"mine": family}}
+    rows = {r["target"]: r for r in bench_report.targets(results)}
+    assert rows["mine rloo: eva - static on all, CI low > 0"]["met"] is True
+    for target in ("mine rloo: eva - static on harder > 0", "mine rloo: eva in_dist >= static - 0.02",
+                   "mine rloo: static - θ0 on in_dist, CI low > 0"):
+        assert rows[target]["met"] is None and "has no" in rows[target]["text"], target
+    header = next(line for line in bench_report.markdown_table(results).splitlines() if line.startswith("| arm"))
+    assert header.split(" | ")[3:] == ["sampled mean@k (all)", "Δ vs static: all", "Δ vs static: easy",
+                                       "Δ vs uniform: all", "Δ vs θ0: all", "steps", "rollouts |"]
+
+
 def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, letters_dir):
     config = bench.SCALES["full"]
     task = bench_tasks.load_task_dir(letters_dir)
