@@ -11,8 +11,9 @@ Iteration t lives in `<output_dir>/iter_<t>/` and runs, each stage by hand-repro
   pairs/    `openrlhf_eva.evolve --eva.evolver none` on X̄_t with theta_{t-1}: best/worst pairs;
   model/    `openrlhf_eva.train_dpo` from theta_{t-1} (also the reference) on those pairs -> theta_t;
             skipped when the pairs are fewer than one batch (--train.batch_size in --dpo-args; 0
-            pairs if it is not given): theta_t = theta_{t-1}, said on the console and as
-            "trained": false in iterations.json, instead of the run stopping half-way;
+            pairs if it is not given, also when --eva.paper_defaults picks the batch): theta_t =
+            theta_{t-1}, said on the console and as "trained": false in iterations.json, instead
+            of the run stopping half-way;
   eval.json greedy held-out reward of theta_t per split, when --eval_data is given.
 Incremental: X_{t+1} = X̄_t's evolved set from the next creator step, the policy carries over.
 
