@@ -165,7 +165,9 @@ def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds
     flags += ["--eva.total_prompts", f"{config.rloo_budget}x", "--eva.buffer_size", str(config.rloo_buffer),
               *config.rloo_eva_flags.split()]
     if arm == "no_evolve":
-        return flags + ["--eva.evolver", "replay", "--eva.metric", ONLINE_METRIC]
+        # The replay evolver returns its parents unchanged, which the default filters (unchanged,
+        # duplicate) reject every time: the buffer stayed empty and this arm was static, bitwise.
+        return flags + ["--eva.evolver", "replay", "--eva.metric", ONLINE_METRIC, "--eva.filters", "empty"]
     flags += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
     return flags + ([] if arm == "eva" else ["--eva.metric", arm_metric(arm, "rloo")])
 
@@ -232,7 +234,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     if arm == "static":
         own.append("--static")
     elif arm == "no_evolve":
-        evolve_args += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC]
+        evolve_args += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC, "--eva.filters", "empty"]
     else:
         evolve_args += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
         evolve_args += [] if arm == "eva" else ["--eva.metric", arm_metric(arm, "dpo")]

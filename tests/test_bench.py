@@ -84,11 +84,37 @@ def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, 
         if args.eva.evolver is not None:
             assert args.eva.total_prompts == f"{config.rloo_budget}x"
             assert args.eva.metric == (bench.arm_metric(arm, "rloo") or "A_avg")
-            # eva is the shipped defaults: curriculum, filters and sampling untouched
+            # eva is the shipped defaults: curriculum, filters and sampling untouched (no_evolve keeps the
+            # copies its replay evolver returns, which the default filters reject)
             for name in ("seed_replay", "frontier_quantile", "sample_mode", "filters", "top_frac", "n_new"):
-                assert getattr(args.eva, name) == getattr(defaults.eva, name), name
+                expected = ["empty"] if (arm, name) == ("no_evolve", "filters") else getattr(defaults.eva, name)
+                assert getattr(args.eva, name) == expected, (arm, name)
         else:
             assert args.train.num_episodes == int(config.rloo_budget)
+
+
+def test_the_no_evolve_arm_replays_informative_prompts_instead_of_training_like_static(tmp_path, letters_dir):
+    """The replay evolver's children are their parents unchanged: with the default filters the buffer
+    stayed empty and the arm was static, bitwise (RESULTS.md before the fix). The arm's own flags,
+    through the real prompt source, must put the informative prompts back in the buffer."""
+    import torch
+
+    from openrlhf_eva.creator import build_evolver
+    from openrlhf_eva.creator.online import OnlinePromptSource
+    from openrlhf_eva.creator.flags import build_creator_filters, curriculum_options
+
+    task = bench_tasks.load_task_dir(letters_dir)
+    args = train_rloo.parse_args(bench.rloo_flags(bench.SCALES["full"], task, "no_evolve", tmp_path,
+                                                  tmp_path / "seeds.jsonl", tmp_path, 0))
+    assert args.eva.evolver == "replay"
+    source = OnlinePromptSource(task.seeds[:16], 8, build_evolver(args.eva.evolver), capacity=32,
+                                n_new=args.eva.n_new, metric=args.eva.metric,
+                                filters=build_creator_filters(args.eva), **curriculum_options(args.eva))
+    batch = source.next_batch()
+    rewards = torch.tensor([[0.0, 1.0, 0.5, 0.5]] * len(batch))  # every prompt informative, none below the bar
+    metrics = source.observe(rewards, step=1)
+    assert metrics["eva/children_accepted"] == metrics["eva/children_generated"] > 0
+    assert {entry.text for entry in source.buffer} <= {p.prompt for p in batch}
 
 
 def test_candidate_eva_flags_reach_every_evolving_arm_and_no_static_one(tmp_path, letters_dir):
