@@ -243,6 +243,30 @@ def test_frontier_evolves_only_prompts_at_least_as_solved_as_the_weaker_seeds():
     assert metrics["eva/frontier_threshold"] is None and metrics["eva/parents"] == 4  # tied rows still excluded
 
 
+def test_equal_infos_pick_parents_in_a_seeded_random_order_not_buffer_first():
+    """Under the uniform metric every info ties. Batch order puts buffer prompts first, so breaking ties
+    by index evolved only buffer prompts once the buffer served half of each batch; parents must be a
+    seeded random half of the batch, seeds and buffer prompts alike, and the same on a rerun."""
+
+    def buffer_parent_shares(seed):
+        source = paper_source(seeds(64), 8, VersionEvolver(), capacity=40, total_prompts=3 * 64, seed=seed,
+                              metric="uniform")
+        shares = []
+        for step in range(1, source.num_batches + 1):
+            batch = source.next_batch()
+            metrics = source.observe(rewards_for(batch, seed=step), step)
+            if metrics["eva/phase"] == "mixup":  # 4 buffer prompts and 4 seeds a batch, 4 parents
+                from_buffer = {p.prompt for p in batch if p.buffer_id is not None}
+                parents = {child["parent"] for child in source.last_children}
+                shares.append(len(parents & from_buffer) / len(parents))
+        return shares
+
+    shares = buffer_parent_shares(seed=3)
+    assert len(shares) == 10 and shares == buffer_parent_shares(seed=3)
+    assert 0.25 <= sum(shares) / len(shares) <= 0.75  # buffer-first tie-breaking gives 1.0 at every step
+    assert shares != buffer_parent_shares(seed=4)
+
+
 def test_curriculum_settings_are_checked():
     for bad in (dict(seed_replay=1.0), dict(seed_replay=-0.1), dict(frontier_quantile=1.5), dict(frontier_window=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):

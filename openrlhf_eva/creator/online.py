@@ -385,8 +385,9 @@ class OnlinePromptSource:
         return metrics
 
     def _select_parents(self, batch, info: torch.Tensor, rewards: torch.Tensor) -> tuple[list[int], dict]:
-        """The schedule's top_frac most informative prompts of the batch, among those past the
-        frontier checks (see the module docstring); returns them and the step's frontier metrics."""
+        """The schedule's top_frac most informative prompts of the batch (equal infos in an order seeded
+        by the seed and the batch index), among those past the frontier checks (see the module
+        docstring); returns them and the step's frontier metrics."""
         finite = torch.isfinite(rewards)
         counts = finite.sum(dim=1)
         means = torch.where(finite, rewards, torch.zeros_like(rewards)).sum(dim=1) / counts.clamp(min=1)
@@ -397,7 +398,12 @@ class OnlinePromptSource:
             threshold = float(np.quantile(np.asarray(self._seed_means, dtype=np.float64), self.frontier_quantile))
         tied = [bool(info[i] <= 0 or counts[i] == 0) for i in range(len(batch))]
         below = [threshold is not None and not tied[i] and float(means[i]) < threshold for i in range(len(batch))]
-        ranked = self.schedule.select_parents(info, k=len(batch))  # every row, most informative first
+        # Every row, most informative first; equal infos in a seeded random order, not batch order.
+        # Batch order puts buffer prompts first, so breaking ties by index evolved buffer prompts ahead
+        # of seeds whenever infos tied: every row under the `uniform` metric (whose arm then chained
+        # children of children), and many rows with a binary reward.
+        order = np.random.default_rng([self.seed, self.batches_served, 1]).permutation(len(batch))
+        ranked = [int(order[j]) for j in self.schedule.select_parents(info[torch.as_tensor(order)], k=len(batch))]
         k = len(self.schedule.select_parents(info))
         selected = [i for i in ranked if not (tied[i] or below[i])][:k]
         return selected, {"eva/frontier_threshold": threshold, "eva/parents_tied": sum(tied),
