@@ -243,10 +243,11 @@ def test_frontier_evolves_only_prompts_at_least_as_solved_as_the_weaker_seeds():
     assert metrics["eva/frontier_threshold"] is None and metrics["eva/parents"] == 4  # tied rows still excluded
 
 
-def test_equal_infos_pick_parents_in_a_seeded_random_order_not_buffer_first():
+def test_a_metric_that_ranks_nothing_picks_random_parents_and_ties_otherwise_go_to_buffer_prompts():
     """Under the uniform metric every info ties. Batch order puts buffer prompts first, so breaking ties
     by index evolved only buffer prompts once the buffer served half of each batch; parents must be a
-    seeded random half of the batch, seeds and buffer prompts alike, and the same on a rerun."""
+    seeded random half of the batch, seeds and buffer prompts alike, and the same on a rerun. An
+    informative metric keeps its tie rule: equal infos go to the lower batch index (buffer first)."""
 
     def buffer_parent_shares(seed):
         source = paper_source(seeds(64), 8, VersionEvolver(), capacity=40, total_prompts=3 * 64, seed=seed,
@@ -265,6 +266,16 @@ def test_equal_infos_pick_parents_in_a_seeded_random_order_not_buffer_first():
     assert len(shares) == 10 and shares == buffer_parent_shares(seed=3)
     assert 0.25 <= sum(shares) / len(shares) <= 0.75  # buffer-first tie-breaking gives 1.0 at every step
     assert shares != buffer_parent_shares(seed=4)
+
+    source = paper_source(seeds(64), 8, VersionEvolver(), capacity=40, seed=0)
+    for step in range(1, 5):  # warm-up fills the buffer; the 4th batch is mix-up: 4 buffer prompts, 4 seeds
+        batch = source.next_batch()
+        source.observe(rewards_for(batch, seed=step), step)
+    batch = source.next_batch()
+    assert [p.buffer_id is not None for p in batch] == [True] * 4 + [False] * 4
+    # A_avg 0.5 on seven rows (four buffer prompts first), 0.25 on the last seed: the top half is a tie
+    source.observe(torch.tensor([[0.0, 1.0, 0.5, 0.5]] * 7 + [[0.0, 0.5, 0.25, 0.25]]), step=5)
+    assert {child["parent"] for child in source.last_children} == {p.prompt for p in batch[:4]}
 
 
 def test_curriculum_settings_are_checked():
