@@ -398,15 +398,12 @@ class OnlinePromptSource:
             threshold = float(np.quantile(np.asarray(self._seed_means, dtype=np.float64), self.frontier_quantile))
         tied = [bool(info[i] <= 0 or counts[i] == 0) for i in range(len(batch))]
         below = [threshold is not None and not tied[i] and float(means[i]) < threshold for i in range(len(batch))]
-        # Every row, most informative first; equal infos go to the lower batch index, so a buffer prompt
-        # before a seed (on the digits dev set a seeded random order instead was -0.005 and -0.011 on all,
-        # 3 seeds per start). A metric that gives every row the same info (`uniform`) ranks nothing: its
-        # parents are a seeded random draw, not the batch's first rows (its arm used to evolve only buffer
-        # prompts, chaining children of children).
-        order = np.arange(len(batch))
+        # Every row, most informative first; ties go to the lower batch index, buffer prompts first (a random
+        # tie order was worse on the digits dev set). Equal infos everywhere (`uniform`) rank nothing, and
+        # batch order would evolve only the buffer prompts: then the order is a seeded random permutation.
+        ranked = self.schedule.select_parents(info, k=len(batch))
         if len(batch) and bool((info == info[0]).all()):
-            order = np.random.default_rng([self.seed, self.batches_served, 1]).permutation(len(batch))
-        ranked = [int(order[j]) for j in self.schedule.select_parents(info[torch.as_tensor(order)], k=len(batch))]
+            ranked = np.random.default_rng([self.seed, self.batches_served, 1]).permutation(len(batch)).tolist()
         k = len(self.schedule.select_parents(info))
         selected = [i for i in ranked if not (tied[i] or below[i])][:k]
         return selected, {"eva/frontier_threshold": threshold, "eva/parents_tied": sum(tied),
