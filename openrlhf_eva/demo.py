@@ -1,6 +1,7 @@
 """`make demo`: eva on the embedded CPU default: one creator step, then static vs eva DPO rounds.
 
     python -m openrlhf_eva.demo [--out runs/demo] [--num-seeds 128] [--n 6] [--seed 42] [--creator-only]
+                                [--rloo-budget 8]
 
 1. build the tiny Llama + char tokenizer and warm-start it by SFT through OpenRLHF (cached);
 2. estimate: sample n responses per seed prompt, score them with the task's reward_func file
@@ -8,7 +9,8 @@
 3. sample the most informative 25% (weighted by A_min), evolve 4 children each with the task's
    programmatic evolver, filter them, and mix the next prompt set (80% evolved / 20% seeds);
 4. static vs eva (the shipped defaults), both solvers, with eva-bench's settings (`openrlhf_eva.bench`,
-   arms static and eva): online RLOO through `openrlhf_eva.train_rloo`'s trainer, and iterated offline
+   arms static and eva) but half RLOO's budget by default, to fit in 5 minutes (`--rloo-budget 16` runs the
+   bench's): online RLOO through `openrlhf_eva.train_rloo`'s trainer, and iterated offline
    DPO through `openrlhf_eva.iterate` (evolve -> pairs -> train_dpo, each round on the last round's
    model and prompts), same rollouts per arm; the held-out reward per split (in_dist, harder,
    new_kind) of theta_0 and each arm, and eva - static (an interval only from 3 seeds up);
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="training runs in parallel")
     parser.add_argument("--bench-scale", choices=["full", "smoke"], default="full",
                         help="settings of the static-vs-eva runs (smoke: seconds, for tests)")
+    # The bench trains RLOO for 16x the seed prompts; at 16x the demo took 4m45s after install on 2 cores,
+    # too close to its 5 minutes, so it runs half of that unless told otherwise.
+    parser.add_argument("--rloo-budget", type=float, default=8.0,
+                        help="RLOO prompts served at the full scale, as a multiple of the seed prompts (bench: 16)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     timings: dict[str, float] = {}
@@ -187,10 +193,13 @@ def showcase(args, out: Path, model_dir: Path) -> None:
     argv = ["--scale", args.bench_scale, "--out", str(out / "bench"), "--families", "digits", "--model",
             str(model_dir), "--arms", "static", "eva", "--seeds", *[str(s) for s in range(args.bench_seeds)],
             "--workers", str(args.workers)]
+    if args.bench_scale == "full":
+        argv += ["--set", f"rloo_budget={args.rloo_budget}"]
     family = bench.main(argv)["families"]["digits"]
     splits = ["in_dist", "harder", "new_kind", "all"]
     seeds = args.bench_seeds
-    for solver, title in (("rloo", "online RLOO"), ("dpo", "iterated offline DPO")):
+    rloo_steps = family["arms"]["rloo/static"]["steps"]
+    for solver, title in (("rloo", f"online RLOO ({rloo_steps:g} steps)"), ("dpo", "iterated offline DPO")):
         rows = [["theta_0 (SFT)", *(f"{family['theta_0'][s]['reward']:.3f}" for s in splits)]]
         for arm, name in (("static", "static seed prompts"), ("eva", "eva (shipped defaults)")):
             stats = family["arms"][f"{solver}/{arm}"]["test"]
