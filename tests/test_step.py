@@ -51,6 +51,19 @@ def test_creator_step_counts_lineage_and_mix():
         assert r["eva_parent"] == "" and r["eva_depth"] == 0
 
 
+def test_next_set_is_shuffled_so_a_prefix_keeps_the_mix():
+    # train_dpo's --data.max_samples trains on the first rows: the originals' share must be in any prefix,
+    # not appended after the children (it was, and iterate's DPO then never saw an original prompt).
+    rows = make_rows(100)
+    rewards = torch.zeros(100, 4)
+    rewards[:, 0] = 1.0
+    for seed in range(5):
+        step = creator_step(rows, rewards, SuffixEvolver(), seed=seed)
+        origins = [r["eva_origin"] for r in step.next_set]
+        assert origins.count("seed") == 20 and origins.count("evolved") == 80
+        assert 0 < origins[:40].count("seed") < 20  # about 8 expected; all 20 after the children before
+
+
 def test_creator_step_is_reproducible_and_handles_all_tied_rewards():
     rows = make_rows(12)
     rewards = torch.full((12, 3), 0.5)  # info all zero: weighted sampling must fall back to uniform

@@ -114,6 +114,10 @@ def creator_step(
             _row(row["prompt"], row.get("label"), _metadata(row), row.get("eva_origin", "seed"), row.get("eva_parent", ""),
                  row.get("eva_method", ""), int(row.get("eva_depth", 0)), float(info[i]))
         )
+    # Shuffled: solvers often train on a prefix (train_dpo's --data.max_samples takes the first rows),
+    # and evolved-then-original order made that prefix all children, so the 20% of the set kept from
+    # the originals never reached the solver (measured: iterate's DPO trained on 96 pairs, all evolved).
+    rng.shuffle(next_set)
     counts.update({"next/evolved": n_evolved, "next/original": n_original})
     return CreatorStep(info=info, selected=selected, children=kept, rejected=rejected, next_set=next_set,
                        counts=counts, dropped=list(getattr(evolver, "dropped", [])))
