@@ -117,6 +117,8 @@ class BenchConfig:
     dpo_nll: float = 1.0
     dpo_pairs: int = 96  # pairs every arm trains on per round (the first this many of its pairs)
     dpo_batch: int = 16
+    # Extra openrlhf_eva.evolve flags for every DPO arm that runs the creator, as rloo_eva_flags above.
+    dpo_eva_flags: str = ""
     max_new_tokens: int = 16
     eval_samples: int = 4  # sampled mean@k at temperature 1, besides greedy
     eval_rows: int | None = None  # None: every held-out row
@@ -215,6 +217,21 @@ def run_rloo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pa
             "train_reward_last": metrics[-1]["reward_mean"] if metrics else None}
 
 
+def dpo_evolve_flags(config: BenchConfig, task: Task, arm: str, seed: int) -> list[str]:
+    """openrlhf_eva.evolve's argv for one DPO arm (iterate's creator and pairs stages; eva's are its defaults)."""
+    flags = ["--reward.remote_url", str(task.reward_file), "--data.label_key", "label",
+             "--data.apply_chat_template", "--rollout.n_samples_per_prompt", str(config.dpo_n),
+             "--rollout.max_new_tokens", str(config.max_new_tokens), "--train.seed", str(seed)]
+    if arm == "static":  # iterate --static runs no creator; these flags only make its pairs
+        return flags
+    if arm == "no_evolve":
+        flags += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC, "--eva.filters", "empty"]
+    else:
+        flags += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
+        flags += [] if arm == "eva" else ["--eva.metric", arm_metric(arm, "dpo")]
+    return flags + config.dpo_eva_flags.split()
+
+
 def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Path, seed: int,
             eval_rows: list[dict]) -> dict:
     """``dpo_rounds`` offline rounds through `openrlhf_eva.iterate`, in this process."""
@@ -226,24 +243,15 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     write_jsonl(prompts, [{"prompt": r["prompt"], "label": r["label"], **meta(r)} for r in seeds])
     heldout = out / "heldout.jsonl"
     write_jsonl(heldout, eval_rows)
-    evolve_args = ["--reward.remote_url", str(task.reward_file), "--data.label_key", "label",
-                   "--data.apply_chat_template", "--rollout.n_samples_per_prompt", str(config.dpo_n),
-                   "--rollout.max_new_tokens", str(config.max_new_tokens), "--train.seed", str(seed)]
     own = ["--pretrain", str(model_dir), "--prompt_data", str(prompts), "--output_dir", str(out / "iterate"),
            "--iterations", str(config.dpo_rounds), "--launcher", "inprocess", "--eval_data", str(heldout),
            "--eval_reward", str(task.reward_file), "--eval_max_new_tokens", str(config.max_new_tokens)]
-    if arm == "static":
-        own.append("--static")
-    elif arm == "no_evolve":
-        evolve_args += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC, "--eva.filters", "empty"]
-    else:
-        evolve_args += ["--eva.evolver", "task", "--eva.evolver_path", str(task.evolve_file)]
-        evolve_args += [] if arm == "eva" else ["--eva.metric", arm_metric(arm, "dpo")]
+    own += ["--static"] if arm == "static" else []
     dpo_args = ["--data.max_samples", str(config.dpo_pairs), "--train.micro_batch_size", str(config.dpo_batch),
                 "--train.batch_size", str(config.dpo_batch), "--train.max_epochs", str(config.dpo_epochs),
                 "--adam.lr", str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
                 "--ds.zero_stage", "0", "--train.seed", str(seed), "--lr_warmup_ratio", "0"]
-    table = iterate.main([*own, "--evolve-args", *evolve_args, "--dpo-args", *dpo_args])
+    table = iterate.main([*own, "--evolve-args", *dpo_evolve_flags(config, task, arm, seed), "--dpo-args", *dpo_args])
     final_dir = Path(table[-1]["policy_out"])  # the last round that trained (iterate skips a round without pairs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -281,9 +289,13 @@ def final_eval(model, tokenizer, eval_rows: list[dict], task: Task, config: Benc
                           group_keys=("split", "difficulty"), samples=config.eval_samples, seed=seed)
 
 
-def config_key(config: BenchConfig, model_dir: Path | None = None) -> str:
-    """A run's cache key: every setting a result depends on (not which seeds, arms or solvers run)."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seeds", "arms", "dpo_arms", "solvers")}
+def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str | None = None) -> str:
+    """A run's cache key: every setting a `solver` run depends on (not which seeds, arms or solvers run,
+    nor the other solver's `rloo_*`/`dpo_*` fields: a DPO change keeps the hour of RLOO runs). With no
+    solver, the settings both share (theta_0's evaluation)."""
+    others = tuple(f"{name}_" for name in SOLVERS if name != solver)
+    settings = {k: v for k, v in dataclasses.asdict(config).items()
+                if k not in ("seeds", "arms", "dpo_arms", "solvers") and not k.startswith(others)}
     text = json.dumps(settings, sort_keys=True) + (str(Path(model_dir).resolve()) if model_dir else "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -304,7 +316,7 @@ def run_one(unit: tuple) -> dict:
     """A worker's unit: one (task, solver, arm, seed) run, cached by its result.json; errors are returned."""
     config, task, solver, arm, seed, model_dir, out, eval_rows, threads = unit
     result_path = out / RESULT_FILE
-    key = config_key(config, model_dir)
+    key = config_key(config, model_dir, solver)
     if result_path.exists():
         cached = json.loads(result_path.read_text())
         if cached.get("config_key") == key:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from openrlhf_eva import bench, bench_tasks, train_rloo
+from openrlhf_eva import bench, bench_tasks, evolve, train_rloo
 from openrlhf_eva.embedded import letters
 
 
@@ -121,13 +121,33 @@ def test_candidate_eva_flags_reach_every_evolving_arm_and_no_static_one(tmp_path
     """--set rloo_eva_flags=...: a candidate default tried on a dev set, recorded in the cache key."""
     args = bench.build_parser().parse_args(["--set", "rloo_eva_flags=--eva.seed_replay 0.75 --eva.n_new 2"])
     config = bench.configure(args)
-    assert bench.config_key(config) != bench.config_key(bench.SCALES["full"])
+    assert bench.config_key(config, solver="rloo") != bench.config_key(bench.SCALES["full"], solver="rloo")
     task = bench_tasks.load_task_dir(letters_dir)
     for arm in ("static", "dynamic_filtering", "eva", "uniform", "no_evolve", "A_min"):
         parsed = train_rloo.parse_args(bench.rloo_flags(config, task, arm, tmp_path, tmp_path / "seeds.jsonl",
                                                         tmp_path, 0))
         evolving = arm not in ("static", "dynamic_filtering")
         assert (parsed.eva.seed_replay, parsed.eva.n_new) == ((0.75, 2) if evolving else (0.5, 4)), arm
+
+
+def test_dpo_candidate_flags_reach_every_creator_arm_and_only_the_dpo_cache_key(tmp_path, letters_dir):
+    """--set dpo_eva_flags=...: evolve flags for the DPO arms that run a creator. A solver's cache key
+    leaves out the other solver's fields, so a DPO candidate keeps every cached RLOO run."""
+    args = bench.build_parser().parse_args(["--set", "dpo_eva_flags=--eva.evolved_fraction 0.5"])
+    config, full = bench.configure(args), bench.SCALES["full"]
+    assert bench.config_key(config, tmp_path, "rloo") == bench.config_key(full, tmp_path, "rloo")
+    assert bench.config_key(config, tmp_path, "dpo") != bench.config_key(full, tmp_path, "dpo")
+    assert bench.config_key(config) == bench.config_key(full)  # theta_0's evaluation is shared
+    rloo_change = bench.configure(bench.build_parser().parse_args(["--set", "rloo_lr=1e-3"]))
+    assert bench.config_key(rloo_change, tmp_path, "dpo") == bench.config_key(full, tmp_path, "dpo")
+    shared_change = bench.configure(bench.build_parser().parse_args(["--set", "max_new_tokens=8"]))
+    for solver in ("rloo", "dpo", None):
+        assert bench.config_key(shared_change, tmp_path, solver) != bench.config_key(full, tmp_path, solver)
+    task = bench_tasks.load_task_dir(letters_dir)
+    for arm in ("static", "eva", "uniform", "no_evolve", "inv_A_min"):
+        parsed = evolve.build_parser().parse_args(["--pretrain", "m", "--prompt_data", "p", "--output_dir", "o",
+                                                   *bench.dpo_evolve_flags(config, task, arm, 0)])
+        assert getattr(parsed, "eva.evolved_fraction") == (0.8 if arm == "static" else 0.5), arm
 
 
 def test_a_task_folder_runs_the_four_arms_a_user_compares_by_default(letters_dir):
