@@ -31,8 +31,9 @@ Outputs in --output_dir:
                       improved answer where usable, chosen_original the sampled one, chosen_rewritten
                       whether they differ and rewrite_kept_reason why not (chosen_reward stays the
                       original's: the rewrite is not scored).
-  next_prompts.jsonl  the mixed next prompt set from `creator_step` ("prompt", "label", the input
-                      row's other fields, lineage in eva_origin/eva_parent/eva_method/eva_depth/eva_info).
+  next_prompts.jsonl  the mixed next prompt set from `creator_step`, shuffled so any prefix (train_dpo's
+                      --data.max_samples) keeps the mix ("prompt", "label", the input row's other
+                      fields, lineage in eva_origin/eva_parent/eva_method/eva_depth/eva_info).
   rejects.jsonl       every prompt that gave no pair, every filtered child and every evolver output
                       that gave no child: stage (prompt|child|evolver), category (too_long,
                       reward_error, unscorable, tie, filtered, unparsable, ...), reason.

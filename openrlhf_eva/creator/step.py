@@ -3,7 +3,8 @@
 Framework-free: the caller has already sampled n responses per prompt and scored them, and
 passes the reward matrix. `creator_step` computes informativeness, draws the informative
 subset, evolves it, filters the children and mixes the next prompt set (by default 80% drawn
-uniformly from the evolved children, 20% from the original set, same size as the input).
+uniformly from the evolved children, 20% from the original set, same size as the input, in
+shuffled order).
 Every row of the next set carries its lineage in flat `eva_*` keys (flat, fixed types, so
 OpenRLHF's `datasets`-based loaders read it without schema surprises).
 """
