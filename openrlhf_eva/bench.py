@@ -70,6 +70,7 @@ ARMS = ("static", "dynamic_filtering", "eva", "uniform", "no_evolve", *METRIC_AR
 # `make bench`: the arms the targets compare. At the 16x budget (about 170 s per RLOO run on 2 cores)
 # these four fill the bench's 75 minutes; the ablations (no_evolve, the metric grid) run with --arms.
 FULL_ARMS = ("static", "dynamic_filtering", "eva", "uniform")
+NO_CREATOR_ARMS = ("static", "dynamic_filtering")  # the baselines: no eva flag reaches them
 DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --task-dir run
 ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
@@ -165,7 +166,7 @@ def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds
              "--algo.kl.init_coef", str(config.rloo_kl), "--ds.zero_stage", "0",
              "--train.seed", str(seed), "--ckpt.output_dir", str(out / "model"), "--ckpt.path", str(out / "ckpt"),
              "--logger.logging_steps", "1000000"]
-    if arm in ("static", "dynamic_filtering"):
+    if arm in NO_CREATOR_ARMS:
         flags += ["--train.num_episodes", str(int(config.rloo_budget))]
         return flags + (["--algo.dynamic_filtering_enable"] if arm == "dynamic_filtering" else [])
     # The buffer is sized to this scale (the paper's 3200 is for 10K+ seeds); everything else is default.
@@ -293,13 +294,17 @@ def final_eval(model, tokenizer, eval_rows: list[dict], task: Task, config: Benc
                           group_keys=("split", "difficulty"), samples=config.eval_samples, seed=seed)
 
 
-def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str | None = None) -> str:
+def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str | None = None,
+               arm: str | None = None) -> str:
     """A run's cache key: every setting a `solver` run depends on (not which seeds, arms or solvers run,
     nor the other solver's `rloo_*`/`dpo_*` fields: a DPO change keeps the hour of RLOO runs). With no
-    solver, the settings both share (theta_0's evaluation)."""
+    solver, the settings both share (theta_0's evaluation). An arm without a creator reads no eva flags,
+    so a candidate flag keeps its runs (their key is the one with no flags given)."""
     others = tuple(f"{name}_" for name in SOLVERS if name != solver)
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in ("seeds", "arms", "dpo_arms", "solvers") and not k.startswith(others)}
+    if arm in NO_CREATOR_ARMS:
+        settings[f"{solver}_eva_flags"] = ""
     text = json.dumps(settings, sort_keys=True) + (str(Path(model_dir).resolve()) if model_dir else "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -320,7 +325,7 @@ def run_one(unit: tuple) -> dict:
     """A worker's unit: one (task, solver, arm, seed) run, cached by its result.json; errors are returned."""
     config, task, solver, arm, seed, model_dir, out, eval_rows, threads = unit
     result_path = out / RESULT_FILE
-    key = config_key(config, model_dir, solver)
+    key = config_key(config, model_dir, solver, arm)
     if result_path.exists():
         cached = json.loads(result_path.read_text())
         if cached.get("config_key") == key:

@@ -138,6 +138,10 @@ def test_dpo_candidate_flags_reach_every_creator_arm_and_only_the_dpo_cache_key(
     assert bench.config_key(config, tmp_path, "rloo") == bench.config_key(full, tmp_path, "rloo")
     assert bench.config_key(config, tmp_path, "dpo") != bench.config_key(full, tmp_path, "dpo")
     assert bench.config_key(config) == bench.config_key(full)  # theta_0's evaluation is shared
+    # the static arm reads no eva flag: the candidate keeps its cached runs, and eva's are redone
+    assert bench.config_key(config, tmp_path, "dpo", "static") == bench.config_key(full, tmp_path, "dpo", "static")
+    assert bench.config_key(config, tmp_path, "dpo", "eva") != bench.config_key(full, tmp_path, "dpo", "eva")
+    assert bench.config_key(full, tmp_path, "dpo", "static") == bench.config_key(full, tmp_path, "dpo", "eva")
     rloo_change = bench.configure(bench.build_parser().parse_args(["--set", "rloo_lr=1e-3"]))
     assert bench.config_key(rloo_change, tmp_path, "dpo") == bench.config_key(full, tmp_path, "dpo")
     shared_change = bench.configure(bench.build_parser().parse_args(["--set", "max_new_tokens=8"]))
