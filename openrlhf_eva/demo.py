@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import openrlhf_eva.embedded as embedded
+from openrlhf_eva import bench
 from openrlhf_eva.creator import PAPER_METRICS, TaskEvolver, informativeness, load_plugin, write_jsonl
 from openrlhf_eva.creator.step import creator_step
 from openrlhf_eva.embedded.data import make_seeds
@@ -69,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     # The bench's start (2048 SFT rows, 1 epoch), not SFT to its ceiling: from the stronger default warm
     # start (6144 x 2 epochs, held-out all 0.528) static RLOO and both DPO arms ended below theta_0, so the
     # headline compared two runs that made the model worse (1 seed, session 27).
-    parser.add_argument("--sft-samples", type=int, default=2048, help="SFT examples for the warm start")
-    parser.add_argument("--sft-epochs", type=int, default=1, help="SFT epochs for the warm start")
+    parser.add_argument("--sft-samples", type=int, default=bench.BenchConfig.sft_rows,
+                        help="SFT examples for the warm start")
+    parser.add_argument("--sft-epochs", type=int, default=bench.BenchConfig.sft_epochs,
+                        help="SFT epochs for the warm start")
     parser.add_argument("--creator-only", action="store_true", help="stop after the creator step (no training)")
     parser.add_argument("--bench-seeds", type=int, default=1,
                         help="seeds of the static-vs-eva runs (the bench's settings; `make bench` runs 5)")
@@ -191,8 +194,6 @@ def main(argv: list[str] | None = None) -> None:
 def showcase(args, out: Path, model_dir: Path) -> None:
     """The headline: static vs eva (train_rloo's and iterate's shipped defaults) for both solvers,
     through the bench's runs on the digit family, same rollouts per arm."""
-    from openrlhf_eva import bench
-
     argv = ["--scale", args.bench_scale, "--out", str(out / "bench"), "--families", "digits", "--model",
             str(model_dir), "--arms", "static", "eva", "--seeds", *[str(s) for s in range(args.bench_seeds)],
             "--workers", str(args.workers)]
