@@ -75,6 +75,7 @@ DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --t
 ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
 MIN_SEEDS_FOR_CI = 3
+ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current"}  # BenchConfig fields added after runs were cached: their former value
 
 
 @dataclass
@@ -124,6 +125,9 @@ class BenchConfig:
     dpo_batch: int = 16
     # Extra openrlhf_eva.evolve flags for every DPO arm that runs the creator, as rloo_eva_flags above.
     dpo_eva_flags: str = ""
+    # iterate --seed_rounds for the arms that run the creator: rounds on the seeds before its first step.
+    dpo_seed_rounds: int = 0
+    dpo_replay: str = "current"  # iterate --replay for the arms that run the creator
     max_new_tokens: int = 16
     eval_samples: int = 4  # sampled mean@k at temperature 1, besides greedy
     eval_rows: int | None = None  # None: every held-out row
@@ -242,8 +246,11 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     """``dpo_rounds`` offline rounds through `openrlhf_eva.iterate`, in this process."""
     from openrlhf_eva import iterate
 
-    n = config.num_seed_prompts
-    seeds = draw_seeds(task, 2 * n if arm == "static" else n, seed)  # the creator's rollouts count
+    n, rounds, seed_rounds = config.num_seed_prompts, config.dpo_rounds, config.dpo_seed_rounds
+    # Equal rollouts: static samples pairs from 2n prompts a round. A creator round samples twice (its
+    # estimates, then the pairs of its next set, of the same size), a seed round once: m(2R - s) = 2nR.
+    m = 2 * n if arm == "static" else round(2 * n * rounds / (2 * rounds - seed_rounds))
+    seeds = draw_seeds(task, m, seed)
     prompts = out / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": r["prompt"], "label": r["label"], **meta(r)} for r in seeds])
     heldout = out / "heldout.jsonl"
@@ -251,7 +258,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     own = ["--pretrain", str(model_dir), "--prompt_data", str(prompts), "--output_dir", str(out / "iterate"),
            "--iterations", str(config.dpo_rounds), "--launcher", "inprocess", "--eval_data", str(heldout),
            "--eval_reward", str(task.reward_file), "--eval_max_new_tokens", str(config.max_new_tokens)]
-    own += ["--static"] if arm == "static" else []
+    own += ["--static"] if arm == "static" else ["--seed_rounds", str(seed_rounds), "--replay", config.dpo_replay]
     dpo_args = ["--data.max_samples", str(config.dpo_pairs), "--train.micro_batch_size", str(config.dpo_batch),
                 "--train.batch_size", str(config.dpo_batch), "--train.max_epochs", str(config.dpo_epochs),
                 "--adam.lr", str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
@@ -269,8 +276,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     curve[-1] = {"step": config.dpo_rounds, **final}
     return {"test": final, "curve": curve, "steps": sum(row["trained"] for row in table),
             "pairs_per_round": [row["pairs"] for row in table],
-            # static: pairs from 2n prompts; eva: estimates on n, then pairs from n (iterate's stages)
-            "rollouts": 2 * n * config.dpo_n * len(table)}
+            "rollouts": config.dpo_n * m * (rounds if arm == "static" else 2 * rounds - seed_rounds)}
 
 
 RUNNERS = {"rloo": run_rloo, "dpo": run_dpo}
@@ -305,6 +311,10 @@ def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str |
                 if k not in ("seeds", "arms", "dpo_arms", "solvers") and not k.startswith(others)}
     if arm in NO_CREATOR_ARMS:
         settings[f"{solver}_eva_flags"] = ""
+        settings.pop("dpo_seed_rounds", None), settings.pop("dpo_replay", None)
+    for name, former in ADDED_LATER.items():  # keyed only where they change what runs: old caches hold
+        if settings.get(name) == former:
+            settings.pop(name)
     text = json.dumps(settings, sort_keys=True) + (str(Path(model_dir).resolve()) if model_dir else "")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

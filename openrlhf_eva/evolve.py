@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eva.evolutions_per_prompt", type=int, default=4)
     add("--eva.evolved_fraction", type=float, default=0.8, help="share of the next set taken from children")
     add("--eva.next_size", type=int, default=None, help="next set size (default: the estimated prompts)")
+    add("--eva.replay_data", default=None,
+        help="prompt file the next set's original share is drawn from (default: --prompt_data); iterate "
+             "passes the seed prompts, so they stay in the mix after the first round")
     add("--eva.evolver", default="evol_instruct",
         help="evol_instruct | evol_complexity | evol_quality | self_instruct | tree_bon | distilabel | task | "
              "a registered evolver | none (estimate and pairs only, no next set)")
@@ -562,7 +565,7 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict, c
                             evolutions_per_prompt=args.eva.evolutions_per_prompt,
                             evolved_fraction=args.eva.evolved_fraction, next_size=args.eva.next_size,
                             filters=filters, seed=args.train.seed,
-                            responses=[r["responses"] for r, _ in estimated])
+                            responses=[r["responses"] for r, _ in estimated], replay=replay_rows(args))
         next_set = step.next_set
         counts.update(step.counts)
         for child, reason in step.rejected:
@@ -587,6 +590,13 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict, c
             "timings": timings}
 
 
+def replay_rows(args) -> list[dict] | None:
+    if args.eva.replay_data is None:
+        return None
+    return [{**r["metadata"], "prompt": r["prompt"], "label": r["label"]}
+            for r in read_prompts(args.eva.replay_data, prompt_key=args.data.input_key, label_key=args.data.label_key)]
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Run the creator step; returns the summary on rank 0 (None on other ranks)."""
     from openrlhf.utils.config import hierarchize
@@ -598,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     rows = read_prompts(args.data.prompt_dataset, prompt_key=args.data.input_key, label_key=args.data.label_key)
     if not rows:
         raise ValueError(f"{args.data.prompt_dataset}: no prompts")
+    if replay_rows(args) == []:  # read now: a bad replay file fails before the estimates, not after
+        raise ValueError(f"--eva.replay_data {args.eva.replay_data}: no prompts")
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -1,7 +1,7 @@
 """T offline eva iterations in one command: theta_{t-1} -> creator step -> pairs -> solver -> theta_t.
 
     python -m openrlhf_eva.iterate --pretrain SFT_CKPT --prompt_data seeds.jsonl --output_dir runs/eva \\
-        --iterations 3 [--static] [--eval_data heldout.jsonl --eval_reward reward_func.py] \\
+        --iterations 3 [--static | --seed_rounds 1] [--eval_data heldout.jsonl --eval_reward reward_func.py] \\
         [--launcher "deepspeed --num_gpus 8"] \\
         --evolve-args <flags for openrlhf_eva.evolve ...> --dpo-args <flags for openrlhf_eva.train_dpo ...>
 
@@ -16,6 +16,9 @@ Iteration t lives in `<output_dir>/iter_<t>/` and runs, each stage by hand-repro
             of the run stopping half-way;
   eval.json greedy held-out reward of theta_t per split, when --eval_data is given.
 Incremental: X_{t+1} = X̄_t's evolved set from the next creator step, the policy carries over.
+--seed_rounds K: the first K iterations train on X_1 itself, as --static does, and the creator starts
+at iteration K+1, on X_1 with theta_K. K=1 is the paper's order (EVA.md: theta_0 --DPO on X_1-->
+theta_1 --creator on X_1--> X̄_1 --> theta_1bar); 0 runs the creator from theta_0 in iteration 1.
 
 Resumable: every stage ends by writing `<stage>/DONE.json`; a rerun skips finished stages. A stage
 killed half-way restarts (evolve also keeps its finished shards; train_dpo resumes from its
@@ -64,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=1, help="T")
     parser.add_argument("--static", action="store_true",
                         help="baseline arm: train on the prompt set itself every iteration, no creator")
+    parser.add_argument("--replay", choices=["seeds", "current"], default="current",
+                        help="where a creator round's original share (1 - --eva.evolved_fraction) comes from: "
+                             "the seed prompts X_1, or the round's own set X_t (whose originals are mostly "
+                             "evolved from round 2 on)")
+    parser.add_argument("--seed_rounds", type=int, default=0,
+                        help="iterations that train on the seed prompts before the creator's first step "
+                             "(1: the paper's incremental order)")
     parser.add_argument("--eval_data", default=None, help="held-out prompts (prompt, label, optional split)")
     parser.add_argument("--eval_reward", default=None, help="reward_func .py scoring the held-out answers")
     parser.add_argument("--eval_max_new_tokens", type=int, default=64)
@@ -148,9 +158,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(own)
     if args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if not args.static and not 0 <= args.seed_rounds < args.iterations:
+        raise ValueError(f"--seed_rounds {args.seed_rounds} must be in [0, --iterations {args.iterations}): "
+                         "the creator runs after the seed rounds (use --static for no creator at all)")
     if bool(args.eval_data) != bool(args.eval_reward):
         raise ValueError("--eval_data and --eval_reward go together")
-    for flag in ("--pretrain", "--prompt_data", "--output_dir"):
+    for flag in ("--pretrain", "--prompt_data", "--output_dir", "--eva.replay_data"):
         if flag in evolve_args:
             raise ValueError(f"{flag} is set by iterate; remove it from --evolve-args")
     if "--data.apply_chat_template" in evolve_args and "--data.apply_chat_template" not in dpo_args:
@@ -168,10 +181,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for t in range(1, args.iterations + 1):
         folder = out / f"iter_{t}"
         row: dict = {"iteration": t, "policy_in": policy, "prompts_in": str(prompts)}
-        if args.static:
+        creator_round = not args.static and t > args.seed_rounds
+        if not creator_round:
             train_prompts = prompts
         else:
-            creator = run_evolve(Stage(folder / "creator"), policy, prompts, evolve_args, [])
+            replay = ["--eva.replay_data", args.prompt_data] if args.replay == "seeds" else []
+            creator = run_evolve(Stage(folder / "creator"), policy, prompts, evolve_args, replay)
             row["creator"] = creator["counts"]
             row["info_A_min_mean"] = creator["info"].get("A_min", {}).get("mean")
             train_prompts = folder / "creator" / "next_prompts.jsonl"
@@ -198,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 stage.finish(evaluate(policy, eval_rows, args.eval_reward, max_new_tokens=args.eval_max_new_tokens))
             row["eval"] = stage.record()
         table.append(row)
-        if not args.static:
+        if creator_round:
             prompts = train_prompts  # incremental: the next creator step starts from X̄_t
 
     (out / "iterations.json").write_text(json.dumps(table, indent=2) + "\n")

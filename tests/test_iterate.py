@@ -114,6 +114,43 @@ def test_a_round_with_fewer_pairs_than_one_batch_keeps_its_policy_and_the_run_go
     assert table[1]["prompts_in"] == str(tmp_path / "run" / "iter_1" / "creator" / "next_prompts.jsonl")
 
 
+def test_seed_rounds_train_on_the_seeds_then_the_creator_starts_from_them_with_the_trained_policy(
+        warm_tiny_model, data_dir, tmp_path):
+    """--seed_rounds 1, the paper's order: theta_0 --DPO on X_1--> theta_1, then the creator on X_1 with theta_1."""
+    _, model_dir = warm_tiny_model
+    args = argv(model_dir, data_dir, tmp_path / "run")
+    args[args.index("--iterations") + 1] = "2"
+    args[args.index("--eval_data"):args.index("--eval_data") + 4] = []  # the schedule is under test, not the model
+    table = main([*args[:args.index("--evolve-args")], "--seed_rounds", "1", *args[args.index("--evolve-args"):]])
+    first, second = table
+    seeds = {json.loads(line)["prompt"] for line in (data_dir / "seeds.jsonl").open()}
+    pair_prompts = {json.loads(line)["prompt"][0]["content"] for line in (tmp_path / "run/iter_1/pairs/pairs.jsonl").open()}
+    assert not (tmp_path / "run" / "iter_1" / "creator").exists() and "creator" not in first
+    assert first["trained"] and pair_prompts and pair_prompts <= seeds
+    # round 2: the creator reads X_1 with theta_1 and the solver trains theta_1 on its set
+    assert second["prompts_in"] == str(data_dir / "seeds.jsonl") and "creator" in second
+    assert second["policy_in"] == first["policy_out"] == str(tmp_path / "run" / "iter_1" / "model")
+    summary = json.loads((tmp_path / "run/iter_2/creator/summary.json").read_text())
+    assert Path(summary["args"]["actor.model_name_or_path"]) == tmp_path / "run" / "iter_1" / "model"
+    with pytest.raises(ValueError, match="--seed_rounds 2 must be in"):
+        main([*args[:args.index("--evolve-args")], "--seed_rounds", "2", *args[args.index("--evolve-args"):]])
+
+
+def test_replay_seeds_keeps_the_seed_prompts_as_every_rounds_original_share(warm_tiny_model, data_dir, tmp_path):
+    _, model_dir = warm_tiny_model
+    args = argv(model_dir, data_dir, tmp_path / "run")
+    args[args.index("--iterations") + 1] = "2"
+    args[args.index("--eval_data"):args.index("--eval_data") + 4] = []
+    args += ["--train.batch_size", "100000"]  # no DPO step: the prompt sets are under test
+    main([*args[:args.index("--evolve-args")], "--replay", "seeds", *args[args.index("--evolve-args"):]])
+    seeds = {json.loads(line)["prompt"] for line in (data_dir / "seeds.jsonl").open()}
+    round_2 = [json.loads(line) for line in (tmp_path / "run/iter_2/creator/next_prompts.jsonl").open()]
+    originals = [r["prompt"] for r in round_2 if r["eva_origin"] == "seed"]
+    # 20% of 24; with --replay current they would come from round 1's set, 80% of it evolved
+    assert len(originals) == 5 and set(originals) <= seeds
+    assert sum(r["eva_origin"] == "evolved" for r in round_2) == 19
+
+
 def test_bad_input_is_reported_with_the_flag(tmp_path, data_dir):
     with pytest.raises(ValueError, match="--eval_data and --eval_reward go together"):
         main(["--pretrain", "x", "--prompt_data", str(data_dir / "seeds.jsonl"), "--output_dir", str(tmp_path),

@@ -64,6 +64,22 @@ def test_next_set_is_shuffled_so_a_prefix_keeps_the_mix():
         assert 0 < origins[:40].count("seed") < 20  # about 8 expected; all 20 after the children before
 
 
+def test_replay_pool_supplies_the_original_share_and_equal_rows_change_nothing():
+    # iterate --replay seeds: round t's originals come from the seeds X_1, not from X_t (mostly evolved)
+    rows = [{**r, "prompt": f"q{i}", "eva_origin": "evolved", "eva_depth": 1} for i, r in enumerate(make_rows(40))]
+    seeds = make_rows(30)
+    rows[0] = {**seeds[5], "eva_origin": "seed"}  # a seed that is also in this round's set: estimated here
+    rewards = torch.zeros(40, 4)
+    rewards[:, 0] = 1.0
+    step = creator_step(rows, rewards, SuffixEvolver(), seed=2, replay=seeds)
+    originals = [r for r in step.next_set if r["eva_origin"] == "seed"]
+    assert len(originals) == 8 and {r["prompt"] for r in originals} <= {r["prompt"] for r in seeds}
+    assert all(r["eva_info"] == (1.0 if r["prompt"] == "p5" else -1.0) for r in originals)
+    # the seeds themselves as the pool: the same next set, bitwise, as no pool (round 1 is unchanged)
+    same = creator_step(seeds, rewards[:30], SuffixEvolver(), seed=2)
+    assert creator_step(seeds, rewards[:30], SuffixEvolver(), seed=2, replay=list(seeds)).next_set == same.next_set
+
+
 def test_creator_step_is_reproducible_and_handles_all_tied_rewards():
     rows = make_rows(12)
     rewards = torch.full((12, 3), 0.5)  # info all zero: weighted sampling must fall back to uniform

@@ -4,7 +4,8 @@ Framework-free: the caller has already sampled n responses per prompt and scored
 passes the reward matrix. `creator_step` computes informativeness, draws the informative
 subset, evolves it, filters the children and mixes the next prompt set (by default 80% drawn
 uniformly from the evolved children, 20% from the original set, same size as the input, in
-shuffled order).
+shuffled order). The original share comes from `replay` when given: `iterate` passes the seed
+prompts X_1 there, so that they stay in the mix in every round instead of thinning out by 20% a round.
 Every row of the next set carries its lineage in flat `eva_*` keys (flat, fixed types, so
 OpenRLHF's `datasets`-based loaders read it without schema surprises).
 """
@@ -62,11 +63,14 @@ def creator_step(
     filters: Sequence[Any] = DEFAULT_FILTERS,
     seed: int = 42,
     responses: Sequence[Sequence[str]] | None = None,
+    replay: Sequence[dict] | None = None,
 ) -> CreatorStep:
     """Run estimate/sample/evolve/mix on `rows` (dicts with `prompt`, optional `label`) and `rewards` [P, n].
 
     `filters` are names or built filters (see `filters.apply_filters`). `responses` [P][n], when
     given, reach the evolver with the rewards (`Parent.responses`), for feedback-aware evolving.
+    `replay` (rows as `rows`), when given, is the pool of the next set's original share instead of
+    `rows`; its rows that were not estimated here carry eva_info -1.
     """
     if len(rows) != rewards.shape[0]:
         raise ValueError(f"{len(rows)} prompts but rewards for {rewards.shape[0]}")
@@ -101,7 +105,8 @@ def creator_step(
     # the rest uniformly from the originals (the "buffer" that keeps the seeds in the mix).
     size = len(rows) if next_size is None else next_size
     n_evolved = min(len(kept), round(evolved_fraction * size))
-    n_original = min(len(rows), size - n_evolved)
+    pool = rows if replay is None else replay
+    n_original = min(len(pool), size - n_evolved)
     next_set = []
     for child in rng.sample(kept, n_evolved):
         parent = parents[child.parent_index]
@@ -109,11 +114,12 @@ def creator_step(
             _row(child.prompt, child.label, child.metadata, "evolved", parent.prompt, child.method or "",
                  child.depth, parent.info)
         )
-    for i in rng.sample(range(len(rows)), n_original):
-        row = rows[i]
+    estimated = {row["prompt"]: float(info[i]) for i, row in enumerate(rows)}
+    for i in rng.sample(range(len(pool)), n_original):
+        row = pool[i]
         next_set.append(
             _row(row["prompt"], row.get("label"), _metadata(row), row.get("eva_origin", "seed"), row.get("eva_parent", ""),
-                 row.get("eva_method", ""), int(row.get("eva_depth", 0)), float(info[i]))
+                 row.get("eva_method", ""), int(row.get("eva_depth", 0)), estimated.get(row["prompt"], -1.0))
         )
     # Shuffled: solvers often train on a prefix (train_dpo's --data.max_samples takes the first rows),
     # and evolved-then-original order made that prefix all children, so the 20% of the set kept from
