@@ -56,11 +56,12 @@ patches-check: install
 demo: install
 	$(PY) -m openrlhf_eva.demo
 
-# eva-bench on both embedded families (RLOO and iterated DPO, the arms a user compares plus the
-# main ablations, 5 seeds; cached and resumable under runs/bench), published to examples/bench/;
-# then its HTML report.
+# eva-bench on both embedded families (RLOO and iterated DPO, the four arms the targets compare, 5
+# seeds; cached and resumable under runs/bench), published to examples/bench/ with the narrative
+# kept in examples/bench/NOTES.md (RESULTS.md is regenerated, NOTES.md is written by hand); then its
+# HTML report. The ablation arms run with --arms (RESULTS.md says which).
 bench: install
-	$(PY) -m openrlhf_eva.bench --out runs/bench --publish examples/bench
+	$(PY) -m openrlhf_eva.bench --out runs/bench --publish examples/bench --notes examples/bench/NOTES.md
 	$(PY) -m openrlhf_eva.report runs/bench
 
 # The GPU check (about 8 min on one H100/H200): CUDA tests, 2-step fused train_dpo/train_rloo on
