@@ -165,3 +165,31 @@ def test_evolve(task_dir, evolve_module):
 
     first = evolve_module.evolve("odds 3,1,4", rng=random.Random(7))
     assert first == evolve_module.evolve("odds 3,1,4", rng=random.Random(7))
+
+
+MARKS = EXAMPLE.parent / "marks"
+marks = _load(MARKS / "tasks.py", "example_marks_tasks")
+
+
+@pytest.mark.parametrize("prompt, answer", [("srt dbad", "abdd"), ("dsc dbad", "ddba"), ("pal abc", "abccba"),
+                                            ("mir abc", "cbaabc"), ("shl abcd", "bcda"), ("shr abcd", "dabc")])
+def test_marks_answers(prompt, answer):
+    assert marks.solve(prompt) == answer
+
+
+def test_marks_builds_with_the_lists_script_and_its_evolver_reads_marks_kinds(tmp_path):
+    """make_task.py --tasks: the second tuning family, same layout, same reward and evolver files."""
+    command = [sys.executable, str(EXAMPLE / "make_task.py"), str(tmp_path), "--seed-pool", "300", "--sft-rows", "500",
+               "--tasks", str(MARKS / "tasks.py")]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+    assert (tmp_path / "tasks.py").read_bytes() == (MARKS / "tasks.py").read_bytes()
+    task = load_task_dir(tmp_path)
+    assert Counter(row["split"] for row in task.test) == {"in_dist": 90, "harder": 72, "new_kind": 90}
+    assert {row["kind"] for row in task.seeds + task.sft} == set(marks.SEED_KINDS)
+    for row in task.seeds + task.test + task.dev:
+        assert marks.solve(row["prompt"]) == row["label"]
+    evolver = _load(tmp_path / "evolve_func.py", "example_marks_evolve_func")
+    held_out = {row["prompt"] for row in task.test + task.dev}
+    children = [c for seed in task.seeds[:20] for c in evolver.evolve(seed["prompt"], None, random.Random(0))]
+    assert {c["metadata"]["kind"] for c in children} & set(marks.NEW_KINDS)
+    assert all(marks.solve(c["prompt"]) == c["label"] and c["prompt"] not in held_out for c in children)

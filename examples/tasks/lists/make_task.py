@@ -1,9 +1,11 @@
 """Write the `lists` task as a folder for ``python -m openrlhf_eva.bench --task-dir OUT_DIR``.
 
-    python examples/tasks/lists/make_task.py OUT_DIR [--seed-pool 1024] [--sft-rows 6144]
+    python examples/tasks/lists/make_task.py OUT_DIR [--seed-pool 1024] [--sft-rows 6144] [--tasks FILE]
 
 OUT_DIR receives seeds.jsonl, test.jsonl, dev.jsonl, sft.jsonl and copies of reward_func.py,
 evolve_func.py and tasks.py. Every generator has a fixed seed, so each run writes the same bytes.
+--tasks builds another family of the same layout from its own tasks.py (default: this folder's); the
+reward and the evolver here read the kinds from the tasks.py copied next to them (examples/tasks/marks).
 Rows carry ``kind`` and ``difficulty`` next to the required keys (the bench keeps them as metadata).
 
   test.jsonl  TEST_SEED; in_dist: seed kinds x d1-3 x 10, harder: seed kinds x d4-6 x 8,
@@ -17,6 +19,7 @@ Rows carry ``kind`` and ``difficulty`` next to the required keys (the bench keep
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import shutil
@@ -25,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import tasks  # noqa: E402  (this folder's tasks.py, found through the path entry above)
+import tasks  # noqa: E402  (this folder's tasks.py, found through the path entry above; see --tasks)
 
 TEST_SEED = 20250301
 DEV_SEED = 7
@@ -48,7 +51,7 @@ SFT_FRONTIER_FRACTION = 0.1
 # Draws allowed per requested row before giving up on finding unseen prompts.
 _MAX_DRAWS_PER_ROW = 200
 
-COPIED_FILES = ("reward_func.py", "evolve_func.py", "tasks.py")
+COPIED_FILES = ("reward_func.py", "evolve_func.py")  # and the family's tasks.py
 
 
 def _row(problem: tasks.Problem, split: str) -> dict:
@@ -135,11 +138,27 @@ def write_task(out_dir: str | Path, seed_pool: int = 1024, sft_rows: int = 6144)
     for name, rows in tables.items():
         with open(out / name, "w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
-    for name in COPIED_FILES:
-        # Writing into this folder itself would copy a file onto itself: nothing to do then.
-        if (out / name).resolve() != HERE / name:
-            shutil.copyfile(HERE / name, out / name)
+    for source in [HERE / name for name in COPIED_FILES] + [Path(tasks.__file__).resolve()]:
+        # Writing into the source folder itself would copy a file onto itself: nothing to do then.
+        target = out / ("tasks.py" if source.name == "tasks.py" else source.name)
+        if target.resolve() != source:
+            shutil.copyfile(source, target)
     return out
+
+
+def use_tasks(path: str | Path) -> None:
+    """Build the family defined by the tasks.py at ``path`` instead of lists (module-wide)."""
+    global tasks
+    spec = importlib.util.spec_from_file_location(f"tasks_{Path(path).resolve().parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves its own module while it runs
+    spec.loader.exec_module(module)
+    tasks = module
+    for split, (kinds, difficulties, per_cell) in list(HELD_OUT_SPLITS.items()):
+        HELD_OUT_SPLITS[split] = ({"in_dist": tasks.SEED_KINDS, "harder": tasks.SEED_KINDS,
+                                   "new_kind": tasks.NEW_KINDS}[split],
+                                  tasks.HARDER_DIFFICULTIES if split == "harder" else tasks.SEED_DIFFICULTIES,
+                                  per_cell)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,9 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the task into (created if missing)")
     parser.add_argument("--seed-pool", type=int, default=1024, help="distinct seed prompts (default 1024)")
     parser.add_argument("--sft-rows", type=int, default=6144, help="SFT warm-start rows (default 6144)")
+    parser.add_argument("--tasks", default=None, metavar="FILE", help="another family's tasks.py (default: lists)")
     args = parser.parse_args(argv)
+    if args.tasks:
+        use_tasks(args.tasks)
     out = write_task(args.out_dir, seed_pool=args.seed_pool, sft_rows=args.sft_rows)
-    print(f"wrote the lists task to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(f"wrote the {Path(tasks.__file__).resolve().parent.name} task to {out}: "
+          + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 if __name__ == "__main__":
