@@ -1,5 +1,6 @@
 """eva-bench: a user's task folder end to end through the real trainers, the results schema, the statistics."""
 
+import dataclasses
 import json
 import shutil
 
@@ -147,6 +148,14 @@ def test_dpo_candidate_flags_reach_every_creator_arm_and_only_the_dpo_cache_key(
     shared_change = bench.configure(bench.build_parser().parse_args(["--set", "max_new_tokens=8"]))
     for solver in ("rloo", "dpo", None):
         assert bench.config_key(shared_change, tmp_path, solver) != bench.config_key(full, tmp_path, solver)
+    # iterate's schedule options reach only the creator arms' DPO key; at their former values (the
+    # behaviour before the fields existed) they are left out of the key, so older caches stay valid
+    for item in ("dpo_seed_rounds=1", "dpo_replay=seeds"):
+        schedule = bench.configure(bench.build_parser().parse_args(["--set", item]))
+        assert bench.config_key(schedule, tmp_path, "dpo", "eva") != bench.config_key(full, tmp_path, "dpo", "eva")
+        for solver, arm in (("dpo", "static"), ("rloo", "eva"), (None, None)):
+            assert bench.config_key(schedule, tmp_path, solver, arm) == bench.config_key(full, tmp_path, solver, arm)
+    assert set(bench.ADDED_LATER) <= {f.name for f in dataclasses.fields(bench.BenchConfig)}
     task = bench_tasks.load_task_dir(letters_dir)
     for arm in ("static", "eva", "uniform", "no_evolve", "inv_A_min"):
         parsed = evolve.build_parser().parse_args(["--pretrain", "m", "--prompt_data", "p", "--output_dir", "o",
