@@ -75,7 +75,8 @@ DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --t
 ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
 MIN_SEEDS_FOR_CI = 3
-ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current"}  # BenchConfig fields added after runs were cached: their former value
+# BenchConfig fields added after runs were cached, with the value that reproduces the behaviour before them.
+ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current"}
 
 
 @dataclass
@@ -311,7 +312,8 @@ def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str |
                 if k not in ("seeds", "arms", "dpo_arms", "solvers") and not k.startswith(others)}
     if arm in NO_CREATOR_ARMS:
         settings[f"{solver}_eva_flags"] = ""
-        settings.pop("dpo_seed_rounds", None), settings.pop("dpo_replay", None)
+        for name in ("dpo_seed_rounds", "dpo_replay"):  # iterate's creator schedule
+            settings.pop(name, None)
     for name, former in ADDED_LATER.items():  # keyed only where they change what runs: old caches hold
         if settings.get(name) == former:
             settings.pop(name)

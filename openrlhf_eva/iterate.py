@@ -19,6 +19,9 @@ Incremental: X_{t+1} = X̄_t's evolved set from the next creator step, the polic
 --seed_rounds K: the first K iterations train on X_1 itself, as --static does, and the creator starts
 at iteration K+1, on X_1 with theta_K. K=1 is the paper's order (EVA.md: theta_0 --DPO on X_1-->
 theta_1 --creator on X_1--> X̄_1 --> theta_1bar); 0 runs the creator from theta_0 in iteration 1.
+--replay seeds: every creator round draws its original share (1 - --eva.evolved_fraction) from X_1;
+with the default, current, from X_t, so the seeds thin out (20% of round 2's originals are seeds).
+The defaults beat both options on the bench's two dev families (examples/bench/RESULTS.md).
 
 Resumable: every stage ends by writing `<stage>/DONE.json`; a rerun skips finished stages. A stage
 killed half-way restarts (evolve also keeps its finished shards; train_dpo resumes from its

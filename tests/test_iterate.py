@@ -124,7 +124,8 @@ def test_seed_rounds_train_on_the_seeds_then_the_creator_starts_from_them_with_t
     table = main([*args[:args.index("--evolve-args")], "--seed_rounds", "1", *args[args.index("--evolve-args"):]])
     first, second = table
     seeds = {json.loads(line)["prompt"] for line in (data_dir / "seeds.jsonl").open()}
-    pair_prompts = {json.loads(line)["prompt"][0]["content"] for line in (tmp_path / "run/iter_1/pairs/pairs.jsonl").open()}
+    pairs = tmp_path / "run" / "iter_1" / "pairs" / "pairs.jsonl"
+    pair_prompts = {json.loads(line)["prompt"][0]["content"] for line in pairs.open()}
     assert not (tmp_path / "run" / "iter_1" / "creator").exists() and "creator" not in first
     assert first["trained"] and pair_prompts and pair_prompts <= seeds
     # round 2: the creator reads X_1 with theta_1 and the solver trains theta_1 on its set
