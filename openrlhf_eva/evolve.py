@@ -493,7 +493,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def finish(records: list[dict], args, evolver, counts: Counter, timings: dict, creator_llm=None,
-           tokenizer=None) -> dict:
+           tokenizer=None, replay: list[dict] | None = None) -> dict:
     """Rank 0: pairs, rejects, informativeness, the creator step, and every output file. Returns the summary.
 
     ``creator_llm`` rewrites chosen responses under --eva.rewrite_chosen; ``tokenizer`` (the policy's)
@@ -565,7 +565,7 @@ def finish(records: list[dict], args, evolver, counts: Counter, timings: dict, c
                             evolutions_per_prompt=args.eva.evolutions_per_prompt,
                             evolved_fraction=args.eva.evolved_fraction, next_size=args.eva.next_size,
                             filters=filters, seed=args.train.seed,
-                            responses=[r["responses"] for r, _ in estimated], replay=replay_rows(args))
+                            responses=[r["responses"] for r, _ in estimated], replay=replay)
         next_set = step.next_set
         counts.update(step.counts)
         for child, reason in step.rejected:
@@ -608,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     rows = read_prompts(args.data.prompt_dataset, prompt_key=args.data.input_key, label_key=args.data.label_key)
     if not rows:
         raise ValueError(f"{args.data.prompt_dataset}: no prompts")
-    if replay_rows(args) == []:  # read now: a bad replay file fails before the estimates, not after
+    replay = replay_rows(args)  # read now: a bad replay file fails before the estimates, not after
+    if replay == []:
         raise ValueError(f"--eva.replay_data {args.eva.replay_data}: no prompts")
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -650,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     records = [record for i in range(num_shards) for record in read_records(done[i])]
     if [r["index"] for r in records] != list(range(len(rows))):
         raise RuntimeError(f"{shard_dir}: the shards do not cover the {len(rows)} prompts exactly; delete it")
-    summary = finish(records, args, evolver, counts, timings, creator_llm, policy.tokenizer)
+    summary = finish(records, args, evolver, counts, timings, creator_llm, policy.tokenizer, replay)
     summary["oracle_stats"] = dict(oracle.stats) if oracle is not None else {}
     summary["world_size"] = world_size
     summary["backend"] = policy.backend
