@@ -36,7 +36,6 @@ from openrlhf_eva.creator import DEFAULT_FILTERS, read_prompts, write_jsonl
 from openrlhf_eva.embedded.data import make_seeds
 from openrlhf_eva.embedded.model import build_tiny
 from openrlhf_eva.embedded.reward import score
-from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
 from openrlhf_eva.rollout import sample_responses
 from openrlhf_eva.solve import fused_actor, online
 from openrlhf_eva.solve.online import best_and_worst
@@ -175,9 +174,9 @@ STEPS = 12  # 48 seeds, batches of 8, "2x": warm-up 1 step, mix-up 10, bootstrap
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
+def task(tmp_path_factory, warm_tiny_model):
     root = tmp_path_factory.mktemp("train_rloo")
-    model = warm_start(root / "warm", WarmStartConfig(seed=0, sft_samples=256, epochs=1), verbose=False)
+    model = warm_tiny_model[1]  # read only: every run writes under root
     seeds = root / "seeds.jsonl"
     write_jsonl(seeds, make_seeds(48, seed=0))
     return root, str(model), str(seeds)
