@@ -18,9 +18,13 @@ and the training seed change with the bench seed, the held-out rows never do.
     dynamic_filtering  static plus upstream's --algo.dynamic_filtering_enable (RLOO only): groups
                        whose mean reward is not strictly inside (0, 1) are dropped and replaced by the
                        next prompts; same rollout budget, so fewer gradient steps
+    static_ranked      static whose rounds train on their most informative pairs (DPO only; iterate
+                       --static --pair_order info): eva's pair ranking without the creator
     eva                the shipped defaults of train_rloo / iterate with the task evolver (RLOO:
-                       A_avg, weighted, seed replay and the frontier bar; DPO: A_min)
-    uniform            eva with parents drawn uniformly (evolving without informativeness)
+                       A_avg, weighted, seed replay and the frontier bar; DPO: A_min, and each round
+                       trains on the most informative pairs of its estimate and next sets)
+    uniform            eva with parents drawn uniformly (evolving without informativeness; DPO:
+                       its pairs unranked too)
     no_evolve          eva's informative prompts trained on again, nothing new written (replay)
     <metric>           eva with another informativeness metric (A_min, A_avg, A_dis, var, avg, ...)
 RLOO: train_rloo's `OnlineTrainer` (openrlhf_eva.train_rloo_trainer) in this process, budget
@@ -66,17 +70,20 @@ from openrlhf_eva.creator import write_jsonl
 
 SOLVERS = ("rloo", "dpo")
 METRIC_ARMS = ("A_min", "A_avg", "A_dis", "var", "avg", "inv_avg", "inv_A_min")
-ARMS = ("static", "dynamic_filtering", "eva", "uniform", "no_evolve", *METRIC_ARMS)
+ARMS = ("static", "dynamic_filtering", "static_ranked", "eva", "uniform", "no_evolve", *METRIC_ARMS)
+RLOO_ONLY, DPO_ONLY = ("dynamic_filtering",), ("static_ranked",)
 # `make bench`: the arms the targets compare. At the 16x budget (about 170 s per RLOO run on 2 cores)
 # these four fill the bench's 75 minutes; the ablations (no_evolve, the metric grid) run with --arms.
 FULL_ARMS = ("static", "dynamic_filtering", "eva", "uniform")
-NO_CREATOR_ARMS = ("static", "dynamic_filtering")  # the baselines: no eva flag reaches them
+NO_CREATOR_ARMS = ("static", "dynamic_filtering", "static_ranked")  # no eva flag reaches them
 DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --task-dir run
 ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
 MIN_SEEDS_FOR_CI = 3
 # BenchConfig fields added after runs were cached, with the value that reproduces the behaviour before them.
-ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current"}
+ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current", "dpo_pair_order": "file", "dpo_pair_pool": "next"}
+# iterate's schedule flags for the arms that run the creator; the baselines' keys leave them out.
+CREATOR_SCHEDULE = ("dpo_seed_rounds", "dpo_replay", "dpo_pair_order", "dpo_pair_pool")
 
 
 @dataclass
@@ -129,6 +136,12 @@ class BenchConfig:
     # iterate --seed_rounds for the arms that run the creator: rounds on the seeds before its first step.
     dpo_seed_rounds: int = 0
     dpo_replay: str = "current"  # iterate --replay for the arms that run the creator
+    # iterate --pair_order and --pair_pool for the arms that run the creator. Each round trains on its
+    # most informative pairs, from the creator's estimate set and its next set together. Against
+    # the next set's first pairs (file, next), eva - static on all went from -0.006 to +0.027 on marks
+    # dev and from +0.019 to +0.043 on digits dev (5 seeds; RESULTS.md, session 29).
+    dpo_pair_order: str = "info"
+    dpo_pair_pool: str = "both"
     max_new_tokens: int = 16
     eval_samples: int = 4  # sampled mean@k at temperature 1, besides greedy
     eval_rows: int | None = None  # None: every held-out row
@@ -232,7 +245,7 @@ def dpo_evolve_flags(config: BenchConfig, task: Task, arm: str, seed: int) -> li
     flags = ["--reward.remote_url", str(task.reward_file), "--data.label_key", "label",
              "--data.apply_chat_template", "--rollout.n_samples_per_prompt", str(config.dpo_n),
              "--rollout.max_new_tokens", str(config.max_new_tokens), "--train.seed", str(seed)]
-    if arm == "static":  # iterate --static runs no creator; these flags only make its pairs
+    if arm in NO_CREATOR_ARMS:  # iterate --static runs no creator; these flags only make its pairs
         return flags
     if arm == "no_evolve":
         flags += ["--eva.evolver", "replay", "--eva.metric", OFFLINE_METRIC, "--eva.filters", "empty"]
@@ -250,7 +263,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     n, rounds, seed_rounds = config.num_seed_prompts, config.dpo_rounds, config.dpo_seed_rounds
     # Equal rollouts: static samples pairs from 2n prompts a round. A creator round samples twice (its
     # estimates, then the pairs of its next set, of the same size), a seed round once: m(2R - s) = 2nR.
-    m = 2 * n if arm == "static" else round(2 * n * rounds / (2 * rounds - seed_rounds))
+    m = 2 * n if arm in NO_CREATOR_ARMS else round(2 * n * rounds / (2 * rounds - seed_rounds))
     seeds = draw_seeds(task, m, seed)
     prompts = out / "prompts.jsonl"
     write_jsonl(prompts, [{"prompt": r["prompt"], "label": r["label"], **meta(r)} for r in seeds])
@@ -259,7 +272,11 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     own = ["--pretrain", str(model_dir), "--prompt_data", str(prompts), "--output_dir", str(out / "iterate"),
            "--iterations", str(config.dpo_rounds), "--launcher", "inprocess", "--eval_data", str(heldout),
            "--eval_reward", str(task.reward_file), "--eval_max_new_tokens", str(config.max_new_tokens)]
-    own += ["--static"] if arm == "static" else ["--seed_rounds", str(seed_rounds), "--replay", config.dpo_replay]
+    if arm in ("static", "static_ranked"):  # static: upstream DPO on the seeds' first pairs, as sampled
+        own += ["--static", "--pair_order", "info" if arm == "static_ranked" else "file"]
+    else:
+        own += ["--seed_rounds", str(seed_rounds), "--replay", config.dpo_replay,
+                "--pair_order", config.dpo_pair_order, "--pair_pool", config.dpo_pair_pool]
     dpo_args = ["--data.max_samples", str(config.dpo_pairs), "--train.micro_batch_size", str(config.dpo_batch),
                 "--train.batch_size", str(config.dpo_batch), "--train.max_epochs", str(config.dpo_epochs),
                 "--adam.lr", str(config.dpo_lr), "--model.beta", "0.1", "--eva.nll_coef", str(config.dpo_nll),
@@ -277,7 +294,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     curve[-1] = {"step": config.dpo_rounds, **final}
     return {"test": final, "curve": curve, "steps": sum(row["trained"] for row in table),
             "pairs_per_round": [row["pairs"] for row in table],
-            "rollouts": config.dpo_n * m * (rounds if arm == "static" else 2 * rounds - seed_rounds)}
+            "rollouts": config.dpo_n * m * (rounds if arm in NO_CREATOR_ARMS else 2 * rounds - seed_rounds)}
 
 
 RUNNERS = {"rloo": run_rloo, "dpo": run_dpo}
@@ -312,7 +329,7 @@ def config_key(config: BenchConfig, model_dir: Path | None = None, solver: str |
                 if k not in ("seeds", "arms", "dpo_arms", "solvers") and not k.startswith(others)}
     if arm in NO_CREATOR_ARMS:
         settings[f"{solver}_eva_flags"] = ""
-        for name in ("dpo_seed_rounds", "dpo_replay"):  # iterate's creator schedule
+        for name in CREATOR_SCHEDULE:
             settings.pop(name, None)
     for name, former in ADDED_LATER.items():  # keyed only where they change what runs: old caches hold
         if settings.get(name) == former:
@@ -473,11 +490,11 @@ def configure(args) -> BenchConfig:
         current = getattr(config, key)
         changes[key] = type(current)(value) if current is not None else int(value)
     if args.arms:
-        changes["arms"] = tuple(args.arms)
-        changes["dpo_arms"] = tuple(a for a in args.arms if a != "dynamic_filtering")
+        changes["arms"] = tuple(a for a in args.arms if a not in DPO_ONLY)
+        changes["dpo_arms"] = tuple(a for a in args.arms if a not in RLOO_ONLY)
     elif args.task_dir:
         changes["arms"] = DEFAULT_ARMS
-        changes["dpo_arms"] = tuple(a for a in DEFAULT_ARMS if a != "dynamic_filtering")
+        changes["dpo_arms"] = tuple(a for a in DEFAULT_ARMS if a not in RLOO_ONLY)
     for name in ("solvers", "seeds"):
         if getattr(args, name):
             changes[name] = tuple(getattr(args, name))

@@ -74,7 +74,7 @@ def test_every_arm_is_a_valid_train_rloo_command_with_the_same_budget(tmp_path, 
     task = bench_tasks.load_task_dir(letters_dir)
     defaults = train_rloo.parse_args(["--actor.model_name_or_path", "m", "--data.prompt_dataset", "d",
                                       "--reward.remote_url", "r.py", "--rollout.n_samples_per_prompt", "2"])
-    for arm in bench.ARMS:
+    for arm in (a for a in bench.ARMS if a not in bench.DPO_ONLY):
         args = train_rloo.parse_args(bench.rloo_flags(config, task, arm, tmp_path, tmp_path / "seeds.jsonl",
                                                       tmp_path, 0))
         # every arm keeps the shipped KL penalty: with none, the policy stops emitting EOS (bench.py)
@@ -142,7 +142,10 @@ def test_dpo_candidate_flags_reach_every_creator_arm_and_only_the_dpo_cache_key(
     # the static arm reads no eva flag: the candidate keeps its cached runs, and eva's are redone
     assert bench.config_key(config, tmp_path, "dpo", "static") == bench.config_key(full, tmp_path, "dpo", "static")
     assert bench.config_key(config, tmp_path, "dpo", "eva") != bench.config_key(full, tmp_path, "dpo", "eva")
-    assert bench.config_key(full, tmp_path, "dpo", "static") == bench.config_key(full, tmp_path, "dpo", "eva")
+    # at the pair options' former values no flag reaches eva: it has static's key
+    former = bench.configure(bench.build_parser().parse_args(["--set", "dpo_pair_order=file",
+                                                              "--set", "dpo_pair_pool=next"]))
+    assert bench.config_key(former, tmp_path, "dpo", "static") == bench.config_key(former, tmp_path, "dpo", "eva")
     rloo_change = bench.configure(bench.build_parser().parse_args(["--set", "rloo_lr=1e-3"]))
     assert bench.config_key(rloo_change, tmp_path, "dpo") == bench.config_key(full, tmp_path, "dpo")
     shared_change = bench.configure(bench.build_parser().parse_args(["--set", "max_new_tokens=8"]))
@@ -150,23 +153,31 @@ def test_dpo_candidate_flags_reach_every_creator_arm_and_only_the_dpo_cache_key(
         assert bench.config_key(shared_change, tmp_path, solver) != bench.config_key(full, tmp_path, solver)
     # iterate's schedule options reach only the creator arms' DPO key; at their former values (the
     # behaviour before the fields existed) they are left out of the key, so older caches stay valid
-    for item in ("dpo_seed_rounds=1", "dpo_replay=seeds"):
+    for item in ("dpo_seed_rounds=1", "dpo_replay=seeds", "dpo_pair_order=file", "dpo_pair_pool=next"):
         schedule = bench.configure(bench.build_parser().parse_args(["--set", item]))
         assert bench.config_key(schedule, tmp_path, "dpo", "eva") != bench.config_key(full, tmp_path, "dpo", "eva")
         for solver, arm in (("dpo", "static"), ("rloo", "eva"), (None, None)):
             assert bench.config_key(schedule, tmp_path, solver, arm) == bench.config_key(full, tmp_path, solver, arm)
     assert set(bench.ADDED_LATER) <= {f.name for f in dataclasses.fields(bench.BenchConfig)}
+    assert bench.config_key(former, tmp_path, "dpo", "eva") == bench.config_key(
+        dataclasses.replace(full, **{name: bench.ADDED_LATER[name] for name in bench.CREATOR_SCHEDULE}),
+        tmp_path, "dpo", "eva")
     task = bench_tasks.load_task_dir(letters_dir)
-    for arm in ("static", "eva", "uniform", "no_evolve", "inv_A_min"):
+    for arm in ("static", "static_ranked", "eva", "uniform", "no_evolve", "inv_A_min"):
         parsed = evolve.build_parser().parse_args(["--pretrain", "m", "--prompt_data", "p", "--output_dir", "o",
                                                    *bench.dpo_evolve_flags(config, task, arm, 0)])
-        assert getattr(parsed, "eva.evolved_fraction") == (0.8 if arm == "static" else 0.5), arm
+        assert getattr(parsed, "eva.evolved_fraction") == (0.8 if arm.startswith("static") else 0.5), arm
 
 
 def test_a_task_folder_runs_the_four_arms_a_user_compares_by_default(letters_dir):
     config = bench.configure(bench.build_parser().parse_args(["--task-dir", str(letters_dir)]))
     assert config.arms == ("static", "eva", "uniform", "dynamic_filtering")
     assert config.dpo_arms == ("static", "eva", "uniform")
+    # each solver runs only the arms it has
+    config = bench.configure(bench.build_parser().parse_args(["--arms", "static", "static_ranked", "eva",
+                                                              "dynamic_filtering"]))
+    assert config.arms == ("static", "eva", "dynamic_filtering")
+    assert config.dpo_arms == ("static", "static_ranked", "eva")
 
 
 def test_task_folders_are_checked_with_the_file_and_row(tmp_path, letters_dir):
@@ -225,6 +236,18 @@ def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, 
     assert rloo["static"]["rollouts"] == rloo["eva"]["rollouts"] and rloo["static"]["steps"] == rloo["eva"]["steps"]
     assert rloo["dynamic_filtering"]["rollouts"] <= rloo["static"]["rollouts"]
     assert family["arms"]["dpo/eva"]["steps"] == 2 and len(family["arms"]["dpo/eva"]["curve"]) == 3
+    # DPO: static trains on its pairs as sampled (upstream); each eva round on the most informative
+    # pairs of the creator's set and its next set together
+    dpo = tmp_path / "bench" / letters_dir.name / "dpo"
+    assert not list((dpo / "static" / "seed_0" / "iterate").glob("iter_*/pairs/train_pairs.jsonl"))
+    for t in (1, 2):
+        it = dpo / "eva" / "seed_0" / "iterate" / f"iter_{t}"
+        pool = [line for stage in ("pairs", "creator") for line in (it / stage / "pairs.jsonl").read_text().splitlines()]
+        trained = (it / "pairs" / "train_pairs.jsonl").read_text().splitlines()
+        assert sorted(trained) == sorted(pool)
+        infos = [json.loads(line)["info"]["A_min"] for line in trained]
+        assert infos == sorted(infos, reverse=True)
+        assert str(it / "pairs" / "train_pairs.jsonl") in json.loads((it / "model" / "DONE.json").read_text())["argv"]
     # the warm start used the task's own characters
     vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start_e1_r2048" / "sft" / "tokenizer.json").read_text())
     assert "+" not in vocab["model"]["vocab"] and "z" in vocab["model"]["vocab"]

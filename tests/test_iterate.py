@@ -14,7 +14,7 @@ import torch
 from openrlhf_eva import compat
 from openrlhf_eva.creator import write_jsonl
 from openrlhf_eva.embedded.data import make_seeds, make_test_set
-from openrlhf_eva.iterate import main, split_argv
+from openrlhf_eva.iterate import main, split_argv, training_pairs
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "openrlhf_eva" / "embedded"
 
@@ -43,6 +43,20 @@ def data_dir(tmp_path_factory):
 def test_split_argv_sections():
     own, evolve_args, dpo_args = split_argv(["--a", "1", "--evolve-args", "--x", "--dpo-args", "--y", "2"])
     assert own == ["--a", "1"] and evolve_args == ["--x"] and dpo_args == ["--y", "2"]
+
+
+def test_training_pairs_put_the_most_informative_first_and_keep_the_file_order_among_equals(tmp_path):
+    def write(name, infos, first):
+        rows = [{"index": first + i, "info": {"A_min": a, "uniform": 1.0}} for i, a in enumerate(infos)]
+        write_jsonl(tmp_path / name, rows)
+        return tmp_path / name
+
+    pool = [write("next.jsonl", [0.2, 0.9, 0.2, 0.0], 0), write("creator.jsonl", [0.9, 0.5], 4)]
+    indices = lambda path: [json.loads(line)["index"] for line in path.open()]  # noqa: E731
+    assert indices(training_pairs(pool, tmp_path / "out.jsonl", "A_min")) == [1, 4, 5, 0, 2, 3]
+    # the uniform arm's metric ranks nothing, and no metric keeps the sources' order
+    assert indices(training_pairs(pool, tmp_path / "out.jsonl", "uniform")) == list(range(6))
+    assert indices(training_pairs(pool, tmp_path / "out.jsonl", None)) == list(range(6))
 
 
 def outputs(out: Path) -> dict:

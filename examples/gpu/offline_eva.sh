@@ -31,6 +31,9 @@ eval=(); [[ -n "$EVAL_PROMPTS" ]] && eval=(--eval_data "$EVAL_PROMPTS" --eval_re
 ARGS=(
   --pretrain "$POLICY" --prompt_data "$PROMPTS" --output_dir "$OUT" --iterations "$ITERATIONS"
   --launcher "deepspeed --num_gpus 8" "${static[@]}" "${eval[@]}"
+  # The paper trains a round on all of X̄_t's pairs (iterate's default adds the creator's pairs on
+  # X_t, and ranks the pool for a --data.max_samples cut: measured better at the bench's scale only).
+  --pair_pool next
   --evolve-args
     "${reward[@]}" --data.apply_chat_template
     --rollout.n_samples_per_prompt 6 --rollout.temperature 1.0 --rollout.max_new_tokens 1024
