@@ -46,6 +46,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -169,16 +170,18 @@ def last_value(argv: Sequence[str], flag: str) -> str | None:
     return values[-1] if values else None
 
 
-def training_pairs(sources: list[Path], out: Path, metric: str | None) -> Path:
-    """The pairs of ``sources`` in one file, most informative first by ``metric`` (None: as they come).
+def training_pairs(sources: dict[str, Path], out: Path, metric: str | None) -> list[str]:
+    """The pairs of ``sources`` (stage name -> pairs.jsonl) in one file, most informative first by
+    ``metric`` (None: as they come), each tagged with its stage as "pool". Returns the pools in order.
     Upstream's --data.max_samples keeps a dataset's first rows: with fewer pairs trained than the pool
     holds, the round trains on its most informative prompts instead of the first ones in the file.
     The sort is stable, so pairs of equal informativeness keep their order."""
-    rows = [json.loads(line) for source in sources for line in source.read_text().splitlines() if line.strip()]
+    rows = [{**json.loads(line), "pool": name} for name, source in sources.items()
+            for line in source.read_text().splitlines() if line.strip()]
     if metric is not None:
         rows.sort(key=lambda row: -row["info"][metric])
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return out
+    return [row["pool"] for row in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -222,13 +225,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         pairs = run_evolve(Stage(folder / "pairs"), policy, train_prompts, evolve_args, ["--eva.evolver", "none"])
         row["pairs"] = pairs["counts"]["prompts/pairs"]
         row["ties"] = pairs["counts"]["prompts/ties"]
-        sources = [folder / "pairs" / "pairs.jsonl"]
+        sources = {"pairs": folder / "pairs" / "pairs.jsonl"}
         if creator_round and args.pair_pool == "both":
-            sources.append(folder / "creator" / "pairs.jsonl")
+            sources["creator"] = folder / "creator" / "pairs.jsonl"
             row["pairs"] += creator["counts"]["prompts/pairs"]
         metric = (last_value(evolve_args, "--eva.metric") or "A_min") if args.pair_order == "info" else None
-        pairs_file = sources[0] if sources == [sources[0]] and metric is None else \
-            training_pairs(sources, folder / "pairs" / "train_pairs.jsonl", metric)
+        if len(sources) == 1 and metric is None:
+            pairs_file, pools = sources["pairs"], ["pairs"] * row["pairs"]
+        else:
+            pairs_file = folder / "pairs" / "train_pairs.jsonl"
+            pools = training_pairs(sources, pairs_file, metric)
+        limit = last_value(dpo_args, "--data.max_samples")
+        row["trained_from"] = dict(Counter(pools[:int(limit) if limit else None]))  # pairs trained, by stage
         # Upstream train_dpo stops when the pairs fill no batch. A creator step whose prompts the policy
         # answers all alike can leave that few; the round then keeps its policy, and the run goes on.
         batch = int(last_value(dpo_args, "--train.batch_size") or 1)
@@ -258,12 +266,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def print_table(table: list[dict]) -> None:
     splits = sorted({s for row in table for s in row.get("eval", {})}, key=lambda s: (s != "all", s))
-    header = ["iter", "pairs", "ties", "A_min mean"] + [f"{s} reward" for s in splits]
+    header = ["iter", "pairs", "ties", "from creator", "A_min mean"] + [f"{s} reward" for s in splits]
     print("\n" + "  ".join(f"{h:>14}" for h in header))
     for row in table:
         info = row.get("info_A_min_mean")
         pairs = row["pairs"] if row.get("trained", True) else f"{row['pairs']} (no step)"
-        cells = [row["iteration"], pairs, row["ties"], "-" if info is None else f"{info:.3f}"]
+        trained = row.get("trained_from", {})
+        from_creator = f"{trained.get('creator', 0)}/{sum(trained.values())}" if trained else "-"
+        cells = [row["iteration"], pairs, row["ties"], from_creator, "-" if info is None else f"{info:.3f}"]
         cells += [f"{row['eval'][s]['reward']:.3f}" for s in splits]
         print("  ".join(f"{c:>14}" for c in cells))
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -240,14 +241,18 @@ def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, 
     # pairs of the creator's set and its next set together
     dpo = tmp_path / "bench" / letters_dir.name / "dpo"
     assert not list((dpo / "static" / "seed_0" / "iterate").glob("iter_*/pairs/train_pairs.jsonl"))
+    rounds = json.loads((dpo / "eva" / "seed_0" / "iterate" / "iterations.json").read_text())
     for t in (1, 2):
         it = dpo / "eva" / "seed_0" / "iterate" / f"iter_{t}"
-        pool = [line for stage in ("pairs", "creator") for line in (it / stage / "pairs.jsonl").read_text().splitlines()]
-        trained = (it / "pairs" / "train_pairs.jsonl").read_text().splitlines()
-        assert sorted(trained) == sorted(pool)
-        infos = [json.loads(line)["info"]["A_min"] for line in trained]
+        pool = sorted(json.dumps({**json.loads(line), "pool": stage}) for stage in ("pairs", "creator")
+                      for line in (it / stage / "pairs.jsonl").read_text().splitlines())
+        trained = [json.loads(line) for line in (it / "pairs" / "train_pairs.jsonl").read_text().splitlines()]
+        assert sorted(json.dumps(row) for row in trained) == pool
+        infos = [row["info"]["A_min"] for row in trained]
         assert infos == sorted(infos, reverse=True)
         assert str(it / "pairs" / "train_pairs.jsonl") in json.loads((it / "model" / "DONE.json").read_text())["argv"]
+        # iterations.json counts the trained pairs (the first dpo_pairs) by the stage they came from
+        assert rounds[t - 1]["trained_from"] == dict(Counter(row["pool"] for row in trained[:4]))
     # the warm start used the task's own characters
     vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start_e1_r2048" / "sft" / "tokenizer.json").read_text())
     assert "+" not in vocab["model"]["vocab"] and "z" in vocab["model"]["vocab"]

@@ -51,12 +51,18 @@ def test_training_pairs_put_the_most_informative_first_and_keep_the_file_order_a
         write_jsonl(tmp_path / name, rows)
         return tmp_path / name
 
-    pool = [write("next.jsonl", [0.2, 0.9, 0.2, 0.0], 0), write("creator.jsonl", [0.9, 0.5], 4)]
-    indices = lambda path: [json.loads(line)["index"] for line in path.open()]  # noqa: E731
-    assert indices(training_pairs(pool, tmp_path / "out.jsonl", "A_min")) == [1, 4, 5, 0, 2, 3]
+    pool = {"pairs": write("next.jsonl", [0.2, 0.9, 0.2, 0.0], 0), "creator": write("creator.jsonl", [0.9, 0.5], 4)}
+    out = tmp_path / "out.jsonl"
+    indices = lambda: [json.loads(line)["index"] for line in out.open()]  # noqa: E731
+    pools = training_pairs(pool, out, "A_min")
+    assert indices() == [1, 4, 5, 0, 2, 3]
+    assert pools == [json.loads(line)["pool"] for line in out.open()] == ["pairs", "creator", "creator", "pairs",
+                                                                         "pairs", "pairs"]
     # the uniform arm's metric ranks nothing, and no metric keeps the sources' order
-    assert indices(training_pairs(pool, tmp_path / "out.jsonl", "uniform")) == list(range(6))
-    assert indices(training_pairs(pool, tmp_path / "out.jsonl", None)) == list(range(6))
+    training_pairs(pool, out, "uniform")
+    assert indices() == list(range(6))
+    training_pairs(pool, out, None)
+    assert indices() == list(range(6))
 
 
 def outputs(out: Path) -> dict:
