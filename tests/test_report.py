@@ -141,7 +141,8 @@ def write_iterate_run(folder: Path) -> list[dict]:
         (folder / f"iter_{t}" / "eval").mkdir(parents=True)
         (folder / f"iter_{t}" / "eval" / "DONE.json").write_text(json.dumps(evaluation))
         table.append({"iteration": t, "pairs": counts["prompts/pairs"], "ties": counts["prompts/ties"],
-                      "info_A_min_mean": 0.2 * t, "creator": counts, "eval": evaluation})
+                      "trained_from": {"pairs": 10 - t, "creator": t}, "info_A_min_mean": 0.2 * t,
+                      "creator": counts, "eval": evaluation})
         next_rows = [json.loads(line) for line in open(folder / f"iter_{t}" / "creator" / "next_prompts.jsonl")]
         prompts = [{"prompt": r["prompt"], "label": r["label"],
                     "metadata": {"kind": r["kind"], "difficulty": r["difficulty"]}} for r in next_rows]
@@ -286,6 +287,7 @@ def test_many_runs_get_one_section_each_behind_a_summary_table(online_run, tmp_p
     evolved = [r for r in last if r["eva_origin"] == "evolved"]
     assert any(html.escape(r["prompt"]) in page and html.escape(r["eva_parent"]) in page for r in evolved)
     assert f'<td class="num">{table[1]["pairs"]}</td>' in page
+    assert "<th>trained (from creator)</th>" in page and "<td>10 (2)</td>" in page
     # prompt scores: the per-set table and score_prompts' own figure
     assert "<td>seed</td><td class=\"num\">6</td><td>3.00 ± 0.00</td><td>4.00 ± 0.00</td>" in page
     assert "prompt_scores.png" in page

@@ -261,9 +261,13 @@ def iterate_section(run: Run) -> Section:
         evaluation = row.get("eval") or (read_json(folder / "eval" / "DONE.json") if folder else None)
         if isinstance(evaluation, dict):
             evals[t] = evaluation
+        trained = row.get("trained_from") if isinstance(row.get("trained_from"), dict) else {}
         rows.append({"iteration": t, "prompts in": counts.get("prompts/in"),
                      "pairs": row.get("pairs", pair_counts.get("prompts/pairs")),
                      "ties": row.get("ties", pair_counts.get("prompts/ties")), "A_min mean": info,
+                     # pairs iterate trained on, and how many came from the creator's own estimates
+                     "trained (from creator)": (f"{sum(trained.values())} ({trained.get('creator', 0)})"
+                                                if trained else None),
                      "children accepted/generated": (f"{counts['children/accepted']}/{counts['children/generated']}"
                                                      if "children/generated" in counts else None),
                      "next evolved+original": (f"{counts['next/evolved']}+{counts.get('next/original', 0)}"
@@ -277,8 +281,8 @@ def iterate_section(run: Run) -> Section:
             section.highlights.append(f"held-out {split} {last[split]['reward']:.3f} after iter {max(evals)}")
 
     section.parts.append(heading("Iterations"))
-    columns = ["iteration", "prompts in", "pairs", "ties", "A_min mean", "children accepted/generated",
-               "next evolved+original"]
+    columns = ["iteration", "prompts in", "pairs", "ties", "trained (from creator)", "A_min mean",
+               "children accepted/generated", "next evolved+original"]
     section.parts.append(table(columns, [[row[c] for c in columns] for row in rows]))
     if evals:
         section.parts.append(heading("Held-out reward after each iteration"))
