@@ -14,7 +14,8 @@ Iteration t lives in `<output_dir>/iter_<t>/` and runs, each stage by hand-repro
   model/    `openrlhf_eva.train_dpo` from theta_{t-1} (also the reference) on those pairs -> theta_t.
             A creator round's pool also holds the creator's own pairs on X_t (--pair_pool both; the
             same theta_{t-1} sampled them); pairs/train_pairs.jsonl orders the pool most informative
-            first (--pair_order info), so --data.max_samples N trains on the N most informative pairs;
+            first (--pair_order info), so --data.max_samples N trains on the N most informative pairs
+            (iterations.json's trained_from counts them by the stage they came from);
             skipped when the pairs are fewer than one batch (--train.batch_size in --dpo-args; 0
             pairs if it is not given, also when --eva.paper_defaults picks the batch): theta_t =
             theta_{t-1}, said on the console and as "trained": false in iterations.json, instead
