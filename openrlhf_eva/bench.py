@@ -272,7 +272,7 @@ def run_dpo(config: BenchConfig, task: Task, arm: str, model_dir: Path, out: Pat
     own = ["--pretrain", str(model_dir), "--prompt_data", str(prompts), "--output_dir", str(out / "iterate"),
            "--iterations", str(config.dpo_rounds), "--launcher", "inprocess", "--eval_data", str(heldout),
            "--eval_reward", str(task.reward_file), "--eval_max_new_tokens", str(config.max_new_tokens)]
-    if arm in ("static", "static_ranked"):  # static: upstream DPO on the seeds' first pairs, as sampled
+    if arm in NO_CREATOR_ARMS:  # static: upstream DPO on the seeds' first pairs, as sampled
         own += ["--static", "--pair_order", "info" if arm == "static_ranked" else "file"]
     else:
         own += ["--seed_rounds", str(seed_rounds), "--replay", config.dpo_replay,

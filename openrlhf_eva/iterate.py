@@ -230,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         if creator_round and args.pair_pool == "both":
             sources["creator"] = folder / "creator" / "pairs.jsonl"
             row["pairs"] += creator["counts"]["prompts/pairs"]
-        metric = (last_value(evolve_args, "--eva.metric") or "A_min") if args.pair_order == "info" else None
+        metric = None if args.pair_order == "file" else \
+            last_value(evolve_args, "--eva.metric") or evolve.build_parser().get_default("eva.metric")
         if len(sources) == 1 and metric is None:
             pairs_file, pools = sources["pairs"], ["pairs"] * row["pairs"]
         else:
