@@ -84,6 +84,8 @@ eva's own flags are `--eva.*`:
                                   of every batch after the first seed pass, and the bar a prompt's
                                   mean reward must clear (a quantile of the recent seed prompts')
                                   to be evolved; see openrlhf_eva.creator.online
+    --eva.seed_replay_order       which seeds that share replays: shuffled passes (default) or
+                                  "info", drawn by --eva.sample_mode over each seed's last info
     --eva.plugin / --eva.evolve_max_new_tokens, and openrlhf_eva.creator.flags'
                                   --eva.evolver_options / --eva.filter_options /
                                   --eva.evolve_feedback / --eva.evolve_parents / --eva.eval_prompts:

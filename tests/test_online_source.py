@@ -218,6 +218,51 @@ def test_seed_replay_keeps_a_share_of_every_bootstrap_batch_on_fresh_passes_over
             assert metrics["eva/batch_from_seeds"] == 0  # the paper's buffer-only bootstrap
 
 
+def test_seed_replay_by_info_replays_the_seeds_the_solver_still_learns_from():
+    """Seeds 0-15 always tie (all 1: learned), seeds 16-31 and children spread. By info, the replay share
+    takes only spreading seeds once the first pass is over; shuffled passes take every seed; a metric
+    that ranks nothing replays exactly the shuffled passes; a resumed run replays what the whole one did."""
+
+    def rewards_of(batch, step):
+        solved = [p.seed_index is not None and p.seed_index < 16 for p in batch]
+        spread = rewards_for(batch, seed=step)
+        return torch.where(torch.tensor(solved)[:, None], torch.ones_like(spread), spread)
+
+    def make(order, metric="A_avg"):
+        return OnlinePromptSource(seeds(32), 8, VersionEvolver(), capacity=40, total_prompts=6 * 32, seed=2,
+                                  seed_replay=0.5, seed_replay_order=order, frontier_quantile=0.0, metric=metric)
+
+    def replayed(history):
+        return [p.seed_index for batch, m in history if m["eva/phase"] == "bootstrap" for p in batch
+                if p.buffer_id is None]
+
+    by_info = drive_until_bootstrap_ends(make("info"), rewards_of)
+    assert len(replayed(by_info)) >= 40 and all(i >= 16 for i in replayed(by_info))
+    assert len(set(replayed(by_info))) > 8  # weighted draws, not the same few seeds
+    first_pass = [p.seed_index for batch, m in by_info for p in batch if m["eva/phase"] != "bootstrap"
+                  and p.buffer_id is None]
+    assert sorted(first_pass) == list(range(32))  # the first pass is the paper's, whatever the order
+    shuffled = replayed(drive_until_bootstrap_ends(make("shuffled"), rewards_of))
+    assert {i < 16 for i in shuffled} == {True, False}
+    def prompts(source, rewards=rewards_of):
+        return [[p.prompt for p in batch] for batch, _ in drive_until_bootstrap_ends(source, rewards)]
+
+    # uniform: every info ties, so "info" ranks nothing and replays the shuffled passes, prompt for prompt
+    assert prompts(make("info", "uniform")) == prompts(make("shuffled", "uniform"))
+
+    whole = [[p.prompt for p in batch] for batch, _ in by_info]
+    resumed = make("info")
+    for step in range(1, 11):  # into bootstrap
+        resumed.observe(rewards_of(resumed.next_batch(), step), step)
+    fresh = make("info")
+    fresh.load_state_dict(resumed.state_dict())
+    assert prompts(fresh, lambda batch, step: rewards_of(batch, step + 10)) == whole[10:]
+    with pytest.raises(ValueError, match="seed_replay_order: saved 'info', now 'shuffled'"):
+        make("shuffled").load_state_dict(resumed.state_dict())
+    with pytest.raises(ValueError, match="seed_replay_order must be one of shuffled, info"):
+        make("by_reward")
+
+
 def test_frontier_evolves_only_prompts_at_least_as_solved_as_the_weaker_seeds():
     source = OnlinePromptSource(seeds(64), 8, VersionEvolver(), capacity=100, seed=0, seed_replay=0.0,
                                 frontier_quantile=0.5, frontier_window=1)

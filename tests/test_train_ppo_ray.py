@@ -50,7 +50,8 @@ EVA_FLAGS = {
     "--eva.n_new_bootstrap", "--eva.ratio_evol", "--eva.total_prompts", "--eva.evolver", "--eva.evolver_path",
     "--eva.evolve_max_new_tokens", "--eva.filters", "--eva.plugin", "--eva.evolver_options", "--eva.evolve_feedback",
     "--eva.evolve_parents", "--eva.filter_options", "--eva.eval_prompts", "--eva.evolver_model", "--eva.evolver_url",
-    "--eva.evolver_api_key_env", "--eva.seed_replay", "--eva.frontier_quantile", "--eva.frontier_window",
+    "--eva.evolver_api_key_env", "--eva.seed_replay", "--eva.seed_replay_order", "--eva.frontier_quantile",
+    "--eva.frontier_window",
 }
 # Modules that import vllm at top, directly or through one that does; dropped after this file.
 VLLM_DEPENDENTS = ("openrlhf.trainer.ray", "openrlhf.trainer.ppo", "openrlhf.cli.train_ppo_ray",

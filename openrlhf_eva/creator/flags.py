@@ -47,6 +47,11 @@ def add_curriculum_flags(add: Callable[..., Any]) -> None:
     add("--eva.seed_replay", type=float, default=0.5,
         help="after the first pass over the seeds, this share of every batch still comes from the seeds "
              "(0: the paper's buffer-only bootstrap)")
+    # "info" did not help on either dev set (digits -0.002, marks -0.005 on all, 5 seeds; bench NOTES.md,
+    # session 30): online, RLOO already weights each group by its spread. So the passes stay shuffled.
+    add("--eva.seed_replay_order", default="shuffled", choices=["shuffled", "info"],
+        help="which seeds the replay share takes: fresh shuffled passes, or drawn by --eva.sample_mode over "
+             "each seed's informativeness when last served")
     add("--eva.frontier_quantile", type=float, default=0.25,
         help="evolve a prompt only if its mean reward is at least this quantile of the recent seed prompts' "
              "mean rewards (and its rewards do not all tie); 0: no bar")
@@ -54,7 +59,8 @@ def add_curriculum_flags(add: Callable[..., Any]) -> None:
 
 
 def curriculum_options(eva) -> dict:
-    return {"seed_replay": eva.seed_replay, "frontier_quantile": eva.frontier_quantile,
+    return {"seed_replay": eva.seed_replay, "seed_replay_order": eva.seed_replay_order,
+            "frontier_quantile": eva.frontier_quantile,
             "frontier_window": eva.frontier_window}
 
 

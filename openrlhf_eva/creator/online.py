@@ -18,8 +18,11 @@ on a task family we never tuned on: once the seeds are used up the buffer drifts
 and the solver forgets them (in-distribution reward fell from 0.61 to 0.35). Two guards, on by default:
 
     seed_replay        after the first pass over the seeds (bootstrap), this share of every batch
-                       still comes from the seeds, in a fresh shuffled pass each time (0: the paper's
-                       buffer-only bootstrap)
+                       still comes from the seeds (0: the paper's buffer-only bootstrap)
+    seed_replay_order  which seeds that share replays: ``shuffled``, a fresh shuffled pass each time
+                       (every seed equally often), or ``info``, drawn by ``sample_mode`` over each
+                       seed's informativeness when it was last served, as the buffer is drawn. A metric
+                       whose infos all tie (``uniform``) ranks nothing: shuffled passes then
     frontier_quantile  a prompt is evolved only if its rewards do not all tie (info 0: too easy or too
                        hard, nothing to learn from) and its mean reward is at least this quantile of
                        the mean rewards of the seed prompts in the last ``frontier_window`` batches.
@@ -28,7 +31,7 @@ and the solver forgets them (in-distribution reward fell from 0.61 to 0.35). Two
                        prompts through. Scale-free: any reward, any range (0: no bar)
 
 Both are logged every step (eva/seed_pass, eva/batch_from_seeds, eva/frontier_threshold,
-eva/parents_tied, eva/parents_below_frontier).
+eva/parents_tied, eva/parents_below_frontier, eva/seed_info_mean).
 
 Prompt budget. ``total_prompts`` counts prompts served (seeds and buffer draws alike; the paper's
 "1x" is one seed set's worth). It fixes ``num_batches = total_prompts // batch_size`` before
@@ -68,8 +71,9 @@ from .filters import apply_filters, normalize_text
 from .registry import SAMPLERS
 from .sample import sample_informative
 
-STATE_VERSION = 2  # 2: seed replay and the frontier window
+STATE_VERSION = 3  # 2: seed replay and the frontier window; 3: the seeds' last infos
 MAX_EVOLVE_FAILURES = 3
+SEED_REPLAY_ORDERS = ("shuffled", "info")
 
 
 class EvolveFailure(RuntimeError):
@@ -85,6 +89,7 @@ class BatchPrompt:
     metadata: dict = field(default_factory=dict)
     buffer_id: int | None = None
     depth: int = 0
+    seed_index: int | None = None  # position in the seeds, for a seed prompt
 
     @property
     def origin(self) -> str:
@@ -121,6 +126,7 @@ class OnlinePromptSource:
         sample_mode: str = "weighted",
         filters: Sequence[str] = ("empty", "unchanged", "duplicate"),
         seed_replay: float = 0.5,
+        seed_replay_order: str = "shuffled",
         frontier_quantile: float = 0.25,
         frontier_window: int = 8,
         seed: int = 0,
@@ -144,7 +150,13 @@ class OnlinePromptSource:
             raise ValueError(f"frontier_quantile must be in [0, 1], got {frontier_quantile}")
         if frontier_window < 1:
             raise ValueError(f"frontier_window must be >= 1, got {frontier_window}")
+        if seed_replay_order not in SEED_REPLAY_ORDERS:
+            raise ValueError(f"seed_replay_order must be one of {', '.join(SEED_REPLAY_ORDERS)}, "
+                             f"got {seed_replay_order!r}")
         self.seed_replay, self.frontier_quantile = seed_replay, frontier_quantile
+        self.seed_replay_order = seed_replay_order
+        # Each seed's informativeness when it was last served (NaN: not yet), for seed_replay_order "info".
+        self._seed_info = np.full(len(self.seeds), np.nan)
         # Mean reward of each seed prompt of the last frontier_window batches: the frontier's yardstick.
         self._seed_means: deque[float] = deque(maxlen=frontier_window * batch_size)
         self.metric = metric
@@ -206,9 +218,24 @@ class OnlinePromptSource:
                 self.cursor = 0
                 self._order = self._episode_order(self.episode)
             take = min(k - len(rows), self.seeds_left)
-            rows += [self.seeds[i] for i in self._order[self.cursor : self.cursor + take]]
+            rows += [int(i) for i in self._order[self.cursor : self.cursor + take]]
             self.cursor += take
-        return [BatchPrompt(row["prompt"], row["label"], dict(row["metadata"])) for row in rows]
+        return [self._seed_prompt(i) for i in rows]
+
+    def _seed_prompt(self, index: int) -> BatchPrompt:
+        row = self.seeds[index]
+        return BatchPrompt(row["prompt"], row["label"], dict(row["metadata"]), seed_index=index)
+
+    def _replay_seeds(self, k: int) -> list[BatchPrompt]:
+        """Bootstrap's seed share: by the seeds' last infos (``seed_replay_order`` "info"), else the next
+        shuffled pass. Seeded by the batch index, so a resumed run replays the same seeds."""
+        info = self._seed_info
+        if (self.seed_replay_order == "shuffled" or k > len(info) or np.isnan(info).any()
+                or bool((info == info[0]).all())):
+            return self._take_seeds(k)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.batches_served) * 7 + 3)
+        picked = sample_informative(info, k, mode=self.sample_mode, generator=generator)
+        return [self._seed_prompt(i) for i in picked.tolist()]
 
     def next_batch(self, size: int | None = None) -> list[BatchPrompt]:
         """The next ``size`` (default ``batch_size``) prompts, or [] when the budget is spent or
@@ -234,7 +261,7 @@ class OnlinePromptSource:
             n_buffer = min(len(self.buffer), size - math.floor(self.seed_replay * size + 0.5))
             batch = [BatchPrompt(e.text, e.label, dict(e.metadata), e.id, e.depth)
                      for e in self._draw_from_buffer(n_buffer)]
-            batch += self._take_seeds(size - n_buffer)
+            batch += self._replay_seeds(size - n_buffer)
         else:
             n_buffer, n_seeds = self.schedule.plan_batch(size, self.seeds_left if self.episode == 0 else 0)
             if n_buffer + n_seeds < size:
@@ -276,6 +303,8 @@ class OnlinePromptSource:
             raise ValueError(f"rewards must be [{len(batch)}, n], got shape {tuple(rewards.shape)}")
         phase = self._pending_phase
         info = informativeness(rewards, self.metric)
+        seed_rows = [i for i, p in enumerate(batch) if p.seed_index is not None]
+        self._seed_info[[batch[i].seed_index for i in seed_rows]] = info[seed_rows].double().numpy()
         finite = torch.isfinite(rewards)
         finite_max = rewards.masked_fill(~finite, float("-inf")).amax(dim=1)
         finite_min = rewards.masked_fill(~finite, float("inf")).amin(dim=1)
@@ -283,6 +312,7 @@ class OnlinePromptSource:
             "eva/phase": phase,
             "eva/batch_info_mean": float(info.mean()),
             "eva/batch_info_max": float(info.max()),
+            "eva/seed_info_mean": float(info[seed_rows].mean()) if seed_rows else None,
             "eva/batch_from_buffer": sum(p.buffer_id is not None for p in batch),
             "eva/batch_from_seeds": sum(p.buffer_id is None for p in batch),
             "eva/groups_nonfinite": int((~finite).any(dim=1).sum()),
@@ -429,6 +459,8 @@ class OnlinePromptSource:
             "seed_replay": self.seed_replay,
             "frontier_quantile": self.frontier_quantile,
             "seed_means": list(self._seed_means),
+            "seed_replay_order": self.seed_replay_order,
+            "seed_info": [None if np.isnan(x) else float(x) for x in self._seed_info],
             "buffer": self.buffer.state_dict(),
         }
 
@@ -439,7 +471,8 @@ class OnlinePromptSource:
             raise ValueError(f"prompt source state has version {version!r}; this code reads version {STATE_VERSION}")
         expected = {"seeds_fingerprint": self._seeds_fingerprint, "num_seeds": len(self.seeds),
                     "batch_size": self.batch_size, "total_prompts": self.total_prompts, "eva": bool(self.evolver),
-                    "seed_replay": self.seed_replay, "frontier_quantile": self.frontier_quantile}
+                    "seed_replay": self.seed_replay, "seed_replay_order": self.seed_replay_order,
+                    "frontier_quantile": self.frontier_quantile}
         different = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
         if different:
             raise ValueError("prompt source state was saved with other prompts or settings "
@@ -451,11 +484,12 @@ class OnlinePromptSource:
         self.failed_steps_in_a_row = state["failed_steps_in_a_row"]
         self._seed_means.clear()
         self._seed_means.extend(state["seed_means"])
+        self._seed_info = np.array([np.nan if x is None else x for x in state["seed_info"]], dtype=np.float64)
         self._order = self._episode_order(self.episode)
         self._pending = None
 
     def fingerprint(self) -> str:
         """A short hash of the buffer (entries, slots, rng) and the data position."""
         state = {"buffer": self.buffer.state_dict(), "cursor": self.cursor, "episode": self.episode,
-                 "seed_means": list(self._seed_means)}
+                 "seed_means": list(self._seed_means), "seed_info": self._seed_info.tolist()}
         return hashlib.sha256(json.dumps(state, sort_keys=True, default=repr).encode()).hexdigest()[:16]
