@@ -14,7 +14,7 @@ from openrlhf_eva.creator import registry
 # (multi-process runs, a real Ray cluster, the real SmolLM2) go first; otherwise one of them lands
 # last and one worker idles. Seconds measured on 2 cores.
 SLOW_FILES_FIRST = [
-    "test_ray_cpu.py",  # ~170 s: three real Ray clusters
+    "test_ray_cpu.py",  # ~140 s: two real Ray clusters
     "test_train_rloo.py",  # ~150 s: two-rank and kill-and-resume runs
     "test_smollm2.py",  # ~100 s: the real SmolLM2 GGUF
     "test_logprobs.py",  # ~90 s: Triton interpreter oracles, ZeRO-3
