@@ -11,6 +11,8 @@ were tuned on, on its dev set) and ``letters`` (frozen before any tuning), writt
 With no ``--model`` every task gets the ~1M-parameter Llama with a character vocabulary taken from
 its data, warm-started by SFT on its sft.jsonl through OpenRLHF's train_sft (cached), one epoch over
 2048 rows: below its ceiling, so that RL has something to learn (see `BenchConfig.sft_epochs`).
+The length limits (answer tokens, train_rloo's --data.max_len, the warm start's SFT cut) grow where a
+task's own rows would not fit in them (`fit_lengths`); results.json records each family's "lengths".
 
 Arms. Every arm of a task starts from the same model and gets the same rollouts; the seed prompts
 and the training seed change with the bench seed, the held-out rows never do.
@@ -35,7 +37,7 @@ arm trains on the same number of pairs per round.
 
 Results: greedy held-out reward (and exact share) per split, and sampled mean@`eval_samples` at
 temperature 1. Intervals are 95% paired bootstraps over seeds, given only for 3 or more seeds.
-`results.json`: {"config", "families": {task: {"theta_0": {split: {...}}, "splits": [...],
+`results.json`: {"config", "families": {task: {"theta_0": {split: {...}}, "splits": [...], "lengths",
 "arms": {"<solver>/<arm>": {"seeds", "test": {split: {"mean", "ci95", "exact", "sampled"}},
 "per_seed": {split: [...]}, "delta_vs_static" | "delta_vs_uniform" | "delta_vs_theta0":
 {split: {"mean", "ci95", "n"}}, "curve", "steps", "rollouts"}}}}}. Each run keeps its final HF model
@@ -62,10 +64,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from openrlhf_eva import compat
-from openrlhf_eva.bench_tasks import EMBEDDED_FAMILIES, Task, load_task_dir, write_embedded_task
+from openrlhf_eva.bench_stats import summarize
+from openrlhf_eva.bench_tasks import EMBEDDED_FAMILIES, Task, TaskError, load_task_dir, write_embedded_task
 from openrlhf_eva.creator import write_jsonl
 
 SOLVERS = ("rloo", "dpo")
@@ -77,11 +78,12 @@ RLOO_ONLY, DPO_ONLY = ("dynamic_filtering",), ("static_ranked",)
 FULL_ARMS = ("static", "dynamic_filtering", "eva", "uniform")
 NO_CREATOR_ARMS = ("static", "dynamic_filtering", "static_ranked")  # no eva flag reaches them
 DEFAULT_ARMS = ("static", "eva", "uniform", "dynamic_filtering")  # a user's --task-dir run
+ARM_ORDER = tuple(f"{solver}/{arm}" for solver in SOLVERS for arm in ARMS)  # results.json's order
 ONLINE_METRIC, OFFLINE_METRIC = "A_avg", "A_min"  # what "eva" means: train_rloo's and evolve's defaults
 RESULT_FILE = "result.json"
-MIN_SEEDS_FOR_CI = 3
 # BenchConfig fields added after runs were cached, with the value that reproduces the behaviour before them.
-ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current", "dpo_pair_order": "file", "dpo_pair_pool": "next"}
+ADDED_LATER = {"dpo_seed_rounds": 0, "dpo_replay": "current", "dpo_pair_order": "file", "dpo_pair_pool": "next",
+               "rloo_max_len": 64}
 # iterate's schedule flags for the arms that run the creator; the baselines' keys leave them out.
 CREATOR_SCHEDULE = ("dpo_seed_rounds", "dpo_replay", "dpo_pair_order", "dpo_pair_pool")
 
@@ -142,7 +144,10 @@ class BenchConfig:
     # dev and from +0.019 to +0.043 on digits dev (5 seeds; RESULTS.md, session 29).
     dpo_pair_order: str = "info"
     dpo_pair_pool: str = "both"
+    # Length limits of every run, raised per task where its own data would not fit (`fit_lengths`).
+    # rloo_max_len is train_rloo's --data.max_len: prompt and answer together.
     max_new_tokens: int = 16
+    rloo_max_len: int = 64
     eval_samples: int = 4  # sampled mean@k at temperature 1, besides greedy
     eval_rows: int | None = None  # None: every held-out row
     eval_set: str = "test"  # "dev" for tuning: never tune on the test set
@@ -175,7 +180,7 @@ def rloo_flags(config: BenchConfig, task: Task, arm: str, model_dir: Path, seeds
     """train_rloo's argv for one arm: shared settings plus the arm's flags (eva's are its shipped defaults)."""
     flags = ["--actor.model_name_or_path", str(model_dir), "--data.prompt_dataset", str(seeds_file),
              "--data.input_key", "prompt", "--data.label_key", "label", "--data.apply_chat_template",
-             "--data.max_len", "64", "--reward.remote_url", str(task.reward_file),
+             "--data.max_len", str(config.rloo_max_len), "--reward.remote_url", str(task.reward_file),
              "--rollout.batch_size", str(config.rloo_batch), "--rollout.n_samples_per_prompt", str(config.rloo_n),
              "--rollout.max_new_tokens", str(config.max_new_tokens), "--rollout.micro_batch_size", "64",
              "--train.batch_size", str(config.rloo_batch * config.rloo_n),
@@ -380,73 +385,6 @@ def run_one(unit: tuple) -> dict:
     return result
 
 
-# --- statistics ---------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(values: Sequence[float], draws: int = 10_000, seed: int = 0) -> tuple[float, list[float] | None]:
-    """Mean and 95% percentile-bootstrap interval over `values` (one per seed; for a paired
-    difference, pass the per-seed differences). Fewer than MIN_SEEDS_FOR_CI values: no interval
-    (None): a spread cannot be estimated from one or two seeds."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < MIN_SEEDS_FOR_CI:
-        return float(values.mean()), None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(draws, len(values)))].mean(axis=1)
-    return float(values.mean()), [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def summarize(runs: list[dict], splits: list[str], theta_0: dict) -> dict:
-    """One task's "arms": per solver/arm, test means with CIs and paired deltas vs static, uniform and theta_0."""
-    by_arm: dict[str, dict[int, dict]] = {}
-    for run in runs:
-        by_arm.setdefault(f"{run['solver']}/{run['arm']}", {})[run["seed"]] = run
-    arms = {}
-    for key, seeds in sorted(by_arm.items(), key=lambda item: (SOLVERS.index(item[0].split("/")[0]),
-                                                                ARMS.index(item[0].split("/")[1]))):
-        solver = key.split("/")[0]
-        order = sorted(seeds)
-        entry: dict[str, Any] = {"seeds": order, "test": {}, "per_seed": {}}
-        for split in splits:
-            values = [seeds[s]["test"][split]["reward"] for s in order]
-            mean, ci = bootstrap_ci(values)
-            entry["test"][split] = {"mean": mean, "ci95": ci,
-                                    "exact": float(np.mean([seeds[s]["test"][split]["exact"] for s in order]))}
-            if "sampled" in seeds[order[0]]["test"][split]:
-                entry["test"][split]["sampled"] = float(np.mean([seeds[s]["test"][split]["sampled"] for s in order]))
-            entry["per_seed"][split] = values
-        for baseline in ("static", "uniform"):
-            other = by_arm.get(f"{solver}/{baseline}", {})
-            shared = [s for s in order if s in other]
-            if not shared or key == f"{solver}/{baseline}":
-                continue
-            entry[f"delta_vs_{baseline}"] = {}
-            for split in splits:
-                diffs = [seeds[s]["test"][split]["reward"] - other[s]["test"][split]["reward"] for s in shared]
-                mean, ci = bootstrap_ci(diffs)
-                entry[f"delta_vs_{baseline}"][split] = {"mean": mean, "ci95": ci, "n": len(shared)}
-        entry["delta_vs_theta0"] = {}
-        for split in splits:
-            mean, ci = bootstrap_ci([seeds[s]["test"][split]["reward"] - theta_0[split]["reward"] for s in order])
-            entry["delta_vs_theta0"][split] = {"mean": mean, "ci95": ci, "n": len(order)}
-        entry["curve"] = mean_curve([seeds[s]["curve"] for s in order])
-        entry["steps"] = float(np.mean([seeds[s]["steps"] for s in order]))
-        entry["rollouts"] = float(np.mean([seeds[s]["rollouts"] for s in order]))
-        entry["seconds_mean"] = float(np.mean([seeds[s]["seconds"] for s in order]))
-        arms[key] = entry
-    return arms
-
-
-def mean_curve(curves: list[list[dict]]) -> list[dict]:
-    """Per evaluation step, the mean reward of every group over the seeds that reached it."""
-    steps = sorted({point["step"] for curve in curves for point in curve})
-    merged = []
-    for step in steps:
-        points = [p for curve in curves for p in curve if p["step"] == step]
-        groups = set.intersection(*(set(k for k in p if k != "step") for p in points))
-        merged.append({"step": step, **{g: float(np.mean([p[g]["reward"] for p in points])) for g in sorted(groups)}})
-    return merged
-
-
 # --- the bench ----------------------------------------------------------------------------------------
 
 
@@ -515,16 +453,52 @@ def load_tasks(args, out: Path) -> list[Task]:
     return tasks
 
 
-def task_model(args, config: BenchConfig, task: Task, out: Path) -> Path:
-    """The model a task's arms start from: --model, or the tiny Llama warm-started on its SFT rows."""
+def fit_lengths(config: BenchConfig, task: Task, model: str | None) -> tuple[BenchConfig, dict]:
+    """The bench's length limits for `task`, raised where its own data would not fit in them.
+
+    An answer longer than max_new_tokens can never be written whole, and train_rloo cuts a prompt
+    to what rloo_max_len leaves after it: either would cap every arm, silently. Such a limit grows
+    to the longest row plus a quarter (evolved prompts and their answers grow). Limits the data fit
+    in stay as they are, so the embedded families' runs, and their cache keys, do not change."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from openrlhf_eva.embedded.model import MAX_POSITIONS, build_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model) if model else build_tokenizer(task.alphabet())
+    positions = AutoConfig.from_pretrained(model).max_position_embeddings if model else MAX_POSITIONS
+    need = task.lengths(tokenizer)
+    raised = {}
+    if need["answer"] > config.max_new_tokens:
+        raised["max_new_tokens"] = need["answer"] + need["answer"] // 4
+    answers = raised.get("max_new_tokens", config.max_new_tokens)
+    if need["prompt"] + answers > config.rloo_max_len:
+        raised["rloo_max_len"] = need["prompt"] + need["prompt"] // 4 + answers
+    fitted = dataclasses.replace(config, **raised)
+    if fitted.rloo_max_len > positions or need["sft"] > positions:
+        raise TaskError(f"{task.folder}: prompts of up to {need['prompt']} tokens, answers of up to {need['answer']} "
+                        f"and SFT rows of up to {need['sft']} need {max(fitted.rloo_max_len, need['sft'])} "
+                        f"positions; the model has {positions}" + ("" if model else " (the tiny Llama; pass --model)"))
+    if raised:
+        print(f"{task.name}: its data need " + ", ".join(f"{k} {v}" for k, v in raised.items())
+              + f" (longest prompt {need['prompt']} tokens, answer {need['answer']} with EOS)", flush=True)
+    return fitted, {**need, "raised": raised}
+
+
+def task_model(args, config: BenchConfig, task: Task, out: Path, sft_len: int) -> Path:
+    """The model a task's arms start from: --model, or the tiny Llama warm-started on its SFT rows.
+    Upstream's SFT dataset drops a row whose prompt reaches its max_len - 2 and cuts the others at
+    max_len, EOS first (sft_dataset.py:154, :183), so the cut is the longest row (`sft_len`) where
+    the default 48 is short of it."""
     if args.model:
         return Path(args.model)
     from openrlhf_eva.embedded.warm_start import WarmStartConfig, warm_start
 
     rows = task.sft[: config.sft_rows] if config.sft_rows else task.sft
     name = f"warm_start_e{config.sft_epochs}_r{config.sft_rows}"
-    return warm_start(out / task.name / name, WarmStartConfig(epochs=config.sft_epochs), verbose=True,
-                      sft_rows=rows, alphabet=task.alphabet(), eval_rows=task.test, reward_file=task.reward_file)
+    warm = WarmStartConfig(epochs=config.sft_epochs)
+    warm = dataclasses.replace(warm, max_len=max(warm.max_len, sft_len))
+    return warm_start(out / task.name / name, warm, verbose=True, sft_rows=rows, alphabet=task.alphabet(),
+                      eval_rows=task.test, reward_file=task.reward_file)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -535,29 +509,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     tasks = load_tasks(args, out)
-    units, theta = [], {}
+    units, theta, lengths = [], {}, {}
     for task in tasks:
-        model_dir = task_model(args, config, task, out)
-        eval_rows = task.eval_rows(config.eval_set)
-        if config.eval_rows:  # smoke scale: an even slice of the held-out rows
-            eval_rows = eval_rows[:: max(1, len(eval_rows) // config.eval_rows)]
+        task_config, lengths[task.name] = fit_lengths(config, task, args.model)
+        model_dir = task_model(args, task_config, task, out, lengths[task.name]["sft"])
+        eval_rows = task.eval_rows(task_config.eval_set)
+        if task_config.eval_rows:  # smoke scale: an even slice of the held-out rows
+            eval_rows = eval_rows[:: max(1, len(eval_rows) // task_config.eval_rows)]
         model_key = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:8]
-        theta_path = out / task.name / f"theta_0_{config.eval_set}_{model_key}_{config_key(config)}.json"
+        theta_name = f"theta_0_{task_config.eval_set}_{model_key}_{config_key(task_config)}.json"
+        theta_path = out / task.name / theta_name
         theta_path.parent.mkdir(parents=True, exist_ok=True)
         if not theta_path.exists():
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            result = final_eval(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
-                                eval_rows, task, config, seed=0)
+            result = final_eval(AutoModelForCausalLM.from_pretrained(model_dir),
+                                AutoTokenizer.from_pretrained(model_dir), eval_rows, task, task_config, seed=0)
             theta_path.write_text(json.dumps(result) + "\n")
         theta[task.name] = json.loads(theta_path.read_text())
-        for seed in config.seeds:
-            for solver in config.solvers:
-                for arm in (config.arms if solver == "rloo" else config.dpo_arms):
+        for seed in task_config.seeds:
+            for solver in task_config.solvers:
+                for arm in (task_config.arms if solver == "rloo" else task_config.dpo_arms):
                     if arm in METRIC_ARMS and arm == arm_metric("eva", solver):
                         continue  # that is the eva arm itself
-                    units.append((config, task, solver, arm, seed, model_dir, out / task.name / solver / arm /
-                                  f"seed_{seed}", eval_rows, 1 if args.workers > 1 else 2))
+                    units.append((task_config, task, solver, arm, seed, model_dir,
+                                  out / task.name / solver / arm / f"seed_{seed}", eval_rows,
+                                  1 if args.workers > 1 else 2))
     print(f"eva-bench ({args.scale}, {config.eval_set} set): {len(units)} runs over {len(tasks)} task(s) "
           f"({', '.join(t.name for t in tasks)}), {len(config.seeds)} seeds, {args.workers} workers; logs under {out}",
           flush=True)
@@ -571,8 +548,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for run in task_runs:  # every curve starts at the shared theta_0
             if run["curve"][0]["step"] != 0:
                 run["curve"] = [{"step": 0, **theta[task.name]}] + run["curve"]
-        families[task.name] = {"splits": task.splits, "theta_0": theta[task.name],
-                               "arms": summarize(task_runs, task.splits, theta[task.name])}
+        families[task.name] = {"splits": task.splits, "theta_0": theta[task.name], "lengths": lengths[task.name],
+                               "arms": summarize(task_runs, task.splits, theta[task.name], ARM_ORDER)}
     results = {"config": {**dataclasses.asdict(config), "scale": args.scale, "model": args.model,
                           "tasks": {t.name: str(t.folder) for t in tasks}, "minutes": (time.time() - started) / 60,
                           # a republish from cache keeps what the runs cost: their own time, summed
@@ -621,4 +598,7 @@ def publish(results: dict, runs: list[dict], out: Path, folder: str | None, note
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TaskError as error:  # a task folder at fault: its file and row, not a traceback
+        raise SystemExit(f"eva-bench: {error}") from None

@@ -56,6 +56,27 @@ class Task:
             return self.dev
         return self.test
 
+    def lengths(self, tokenizer) -> dict[str, int]:
+        """The longest prompt (chat-templated, as every run builds it), answer (a label or an SFT
+        response, with its EOS) and SFT row (prompt and response) of the task, in ``tokenizer``'s
+        tokens: what the bench's length limits have to hold."""
+        def prompt_lengths(prompts: list[str]) -> list[int]:
+            if tokenizer.chat_template:
+                prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                         add_generation_prompt=True) for p in prompts]
+            return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+
+        def answer_lengths(answers: list) -> list[int]:
+            ids = tokenizer([str(a) for a in answers], add_special_tokens=False)["input_ids"] if answers else []
+            return [len(row) + 1 for row in ids]
+
+        rows, sft = [*self.seeds, *self.test, *(self.dev or [])], self.sft or []
+        sft_rows = [p + a for p, a in zip(prompt_lengths([r["prompt"] for r in sft]),
+                                          answer_lengths([r["response"] for r in sft]))]
+        return {"prompt": max(prompt_lengths([r["prompt"] for r in rows])),
+                "answer": max(answer_lengths([r["label"] for r in rows] + [r["response"] for r in sft])),
+                "sft": max(sft_rows, default=0)}
+
     def alphabet(self) -> str:
         """Every character the task's data uses (prompts, labels, SFT answers): the tiny model's vocabulary."""
         chars = set()

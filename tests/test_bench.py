@@ -9,23 +9,23 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from openrlhf_eva import bench, bench_tasks, evolve, train_rloo
+from openrlhf_eva import bench, bench_stats, bench_tasks, evolve, train_rloo
 from openrlhf_eva.embedded import letters
 
 
 @given(st.lists(st.floats(-1, 1), min_size=3, max_size=8), st.floats(-1, 1))
 def test_bootstrap_ci_contains_the_mean_and_shifts_with_the_data(values, shift):
-    mean, (lo, hi) = bench.bootstrap_ci(values)
+    mean, (lo, hi) = bench_stats.bootstrap_ci(values)
     assert lo - 1e-9 <= mean <= hi + 1e-9
     assert min(values) - 1e-9 <= lo and hi <= max(values) + 1e-9
-    shifted_mean, (shifted_lo, shifted_hi) = bench.bootstrap_ci([v + shift for v in values])
+    shifted_mean, (shifted_lo, shifted_hi) = bench_stats.bootstrap_ci([v + shift for v in values])
     assert shifted_mean == pytest.approx(mean + shift, abs=1e-9)
     assert (shifted_lo, shifted_hi) == pytest.approx((lo + shift, hi + shift), abs=1e-9)
 
 
 def test_fewer_than_three_seeds_give_no_interval():
-    assert bench.bootstrap_ci([0.5]) == (0.5, None)
-    assert bench.bootstrap_ci([0.2, 0.4]) == (pytest.approx(0.3), None)
+    assert bench_stats.bootstrap_ci([0.5]) == (0.5, None)
+    assert bench_stats.bootstrap_ci([0.2, 0.4]) == (pytest.approx(0.3), None)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,44 @@ def test_a_task_folder_runs_the_four_arms_a_user_compares_by_default(letters_dir
     assert config.dpo_arms == ("static", "static_ranked", "eva")
 
 
+def test_limits_grow_to_a_tasks_longest_answer_and_refuse_what_the_model_cannot_hold(tmp_path, letters_dir):
+    """A task with answers longer than max_new_tokens (16): the bench raises it, and train_rloo's
+    --data.max_len with it, to fit (plus a quarter for evolved rows) for every run and theta_0. An
+    embedded family's limits and cache keys stay as they were. The warm start's cut of long SFT rows
+    is checked end to end (test below)."""
+    full = bench.SCALES["full"]
+    fits, lengths = bench.fit_lengths(full, bench_tasks.load_task_dir(letters_dir), None)
+    assert fits == full and lengths["raised"] == {}
+    assert bench.config_key(fits, tmp_path, "rloo") == bench.config_key(full, tmp_path, "rloo")
+
+    long = tmp_path / "long"
+    shutil.copytree(letters_dir, long)
+    payload = "abcdefghijklmnopqrstuvwxyz" * 2  # 52 characters: one token each for the tiny Llama
+    with open(long / "test.jsonl", "a") as file:
+        file.write(json.dumps({"prompt": f"rev {payload[:30]}", "label": payload[:30][::-1], "split": "harder"}) + "\n")
+    with open(long / "sft.jsonl", "a") as file:
+        file.write(json.dumps({"prompt": f"dbl {payload}", "response": payload[:20] * 2}) + "\n")
+    task = bench_tasks.load_task_dir(long)
+    config, lengths = bench.fit_lengths(full, task, None)
+    # the longest answer is the SFT response, 40 tokens + EOS; the longest prompt the templated SFT one
+    assert lengths["answer"] == 41 and config.max_new_tokens == 41 + 10
+    # --data.max_len holds prompt and answer: the longest prompt (36 tokens) and a quarter, then the answer
+    assert lengths["prompt"] == 36 and config.rloo_max_len == 36 + 9 + 51
+    assert lengths["raised"] == {"max_new_tokens": 51, "rloo_max_len": 96}
+    args = train_rloo.parse_args(bench.rloo_flags(config, task, "eva", tmp_path, tmp_path / "seeds.jsonl",
+                                                  tmp_path, 0))
+    assert (args.rollout.max_new_tokens, args.data.max_len) == (51, 96)
+    flags = bench.dpo_evolve_flags(config, task, "eva", 0)  # the DPO arms' creator and pairs stages
+    assert flags[flags.index("--rollout.max_new_tokens") + 1] == "51"
+    assert bench.config_key(config, tmp_path, "rloo") != bench.config_key(full, tmp_path, "rloo")
+
+    # Prompts the tiny Llama cannot hold with their answers: refused, naming the way out.
+    with open(long / "seeds.jsonl", "a") as file:
+        file.write(json.dumps({"prompt": "rev " + payload * 2, "label": "x"}) + "\n")
+    with pytest.raises(bench_tasks.TaskError, match=r"positions; the model has 128 \(the tiny Llama; pass --model\)"):
+        bench.fit_lengths(full, bench_tasks.load_task_dir(long), None)
+
+
 def test_task_folders_are_checked_with_the_file_and_row(tmp_path, letters_dir):
     with pytest.raises(bench_tasks.TaskError, match="missing sft.jsonl"):
         broken = tmp_path / "no_sft"
@@ -209,7 +247,12 @@ def test_task_folders_are_checked_with_the_file_and_row(tmp_path, letters_dir):
 def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, tmp_path):
     """--task-dir with no --model: the tiny Llama on the task's own characters, warm-started on its
     sft.jsonl, then RLOO (static, eva, dynamic_filtering) and iterated DPO (static, eva)."""
-    argv = ["--scale", "smoke", "--task-dir", str(letters_dir), "--out", str(tmp_path / "bench"), "--workers", "1",
+    # One SFT row longer than the warm start's default cut (48 tokens): the warm start keeps it whole.
+    task_dir = tmp_path / letters_dir.name
+    shutil.copytree(letters_dir, task_dir)
+    with open(task_dir / "sft.jsonl", "a") as file:
+        file.write(json.dumps({"prompt": "dbl " + "abcdefghij" * 5, "response": "ab"}) + "\n")
+    argv = ["--scale", "smoke", "--task-dir", str(task_dir), "--out", str(tmp_path / "bench"), "--workers", "1",
             "--arms", "static", "eva", "dynamic_filtering",
             "--set", "eval_rows=24", "--set", "eval_samples=2", "--set", "dpo_rounds=2",
             "--publish", str(tmp_path / "published")]
@@ -254,8 +297,13 @@ def test_a_users_task_folder_is_benchmarked_end_to_end_and_resumes(letters_dir, 
         # iterations.json counts the trained pairs (the first dpo_pairs) by the stage they came from
         assert rounds[t - 1]["trained_from"] == dict(Counter(row["pool"] for row in trained[:4]))
     # the warm start used the task's own characters
-    vocab = json.loads((tmp_path / "bench" / letters_dir.name / "warm_start_e1_r2048" / "sft" / "tokenizer.json").read_text())
+    warm = tmp_path / "bench" / letters_dir.name / "warm_start_e1_r2048"
+    vocab = json.loads((warm / "sft" / "tokenizer.json").read_text())
     assert "+" not in vocab["model"]["vocab"] and "z" in vocab["model"]["vocab"]
+    # ... and kept the long SFT row whole; the held-out and seed rows fit the default limits
+    assert family["lengths"]["sft"] == 1 + 54 + 1 + 2 + 1 > 48  # <|user|>, prompt, <|assistant|>, response, EOS
+    assert json.loads((warm / "warm_start.json").read_text())["config"]["max_len"] == family["lengths"]["sft"]
+    assert family["lengths"]["raised"] == {}
 
     published = {p.name for p in (tmp_path / "published").iterdir()}
     assert {"results.json", "RESULTS.md", f"{letters_dir.name}_rloo_curves.png", f"{letters_dir.name}_dpo_curves.png",
