@@ -495,8 +495,7 @@ def task_model(args, config: BenchConfig, task: Task, out: Path, sft_len: int) -
 
     rows = task.sft[: config.sft_rows] if config.sft_rows else task.sft
     name = f"warm_start_e{config.sft_epochs}_r{config.sft_rows}"
-    warm = WarmStartConfig(epochs=config.sft_epochs)
-    warm = dataclasses.replace(warm, max_len=max(warm.max_len, sft_len))
+    warm = WarmStartConfig(epochs=config.sft_epochs, max_len=max(WarmStartConfig.max_len, sft_len))
     return warm_start(out / task.name / name, warm, verbose=True, sft_rows=rows, alphabet=task.alphabet(),
                       eval_rows=task.test, reward_file=task.reward_file)
 

@@ -200,7 +200,7 @@ def test_limits_grow_to_a_tasks_longest_answer_and_refuse_what_the_model_cannot_
         file.write(json.dumps({"prompt": f"dbl {payload}", "response": payload[:20] * 2}) + "\n")
     task = bench_tasks.load_task_dir(long)
     config, lengths = bench.fit_lengths(full, task, None)
-    # the longest answer is the SFT response, 40 tokens + EOS; the longest prompt the templated SFT one
+    # the longest answer is the SFT response, 40 tokens + EOS; prompts are measured on seed, test and dev rows
     assert lengths["answer"] == 41 and config.max_new_tokens == 41 + 10
     # --data.max_len holds prompt and answer: the longest prompt (36 tokens) and a quarter, then the answer
     assert lengths["prompt"] == 36 and config.rloo_max_len == 36 + 9 + 51

@@ -217,14 +217,19 @@ def test_colocated_sleeping_engine_rolls_out_and_evolves(inputs, tmp_path):
     # Meta-prompts are ~1000 characters, rollout prompts ~30. The char-level tokenizer decodes the
     # frames' characters outside its alphabet as <unk>, so the record cannot be matched to the frame.
     shortest_frame = min(len(REWRITER_FRAME), len(CREATOR_FRAME)) // 2
-    calls = [("meta" if len(call["prompt"]) > shortest_frame else "rollout") if call["call"] == "generate"
-             else call["call"] if call["call"] != "wake_up" else "wake " + "+".join(call["tags"]) for call in log]
+
+    def label(call: dict) -> str:
+        if call["call"] == "generate":
+            return "meta" if len(call["prompt"]) > shortest_frame else "rollout"
+        return "wake " + "+".join(call["tags"]) if call["call"] == "wake_up" else call["call"]
+
+    calls = [label(call) for call in log]
     # Asleep from create_vllm_engines on (vllm_engine.py:308). A rollout wakes both tags, one call each
     # (vllm_engine.py:148-151), and sleeps after; the sync wakes only the weights (ppo_trainer.py:314).
     # The evolver then wakes both, writes two children per parent with the updated policy (--eva.n_new
     # 2, and n_new_bootstrap's default 2), and puts the engine back to sleep; a step without parents
-    # leaves it asleep. Upstream's loop draws once
-    # more after the last batch, finds no prompt, and wakes and sleeps the engine for nothing.
+    # leaves it asleep. Upstream's loop draws once more after the last batch, finds no prompt, and
+    # wakes and sleeps the engine for nothing.
     expected = ["sleep"]
     for count in parents:
         expected += ["wake weights", "wake kv_cache", *["rollout"] * (BATCH * N), "sleep", "wake weights", "synced"]
